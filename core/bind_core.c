@@ -1,0 +1,262 @@
+/* Core bindings: log, json, now, sleep, config, route, http_error. */
+#include "bindings.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lua-cjson.h>
+
+#include "job.h"
+#include "log.h"
+#include "loop.h"
+#include "runtime.h"
+
+#define LOG_FIELDS_MAX 32
+
+/* log.<level>(msg [, fields]): fields is a table; keys are sorted so the
+ * same event always prints the same way. */
+static int log_at(lua_State *L, enum sb_log_level level)
+{
+    const char *keys[LOG_FIELDS_MAX], *values[LOG_FIELDS_MAX];
+    size_t lens[LOG_FIELDS_MAX];
+    size_t n = 0, i, j;
+    int acc;
+    if (!sb_log_enabled(level))
+        return 0;
+    lua_settop(L, 2);
+    luaL_tolstring(L, 1, NULL);                 /* 3: message */
+    lua_newtable(L);                            /* 4: k1, v1, k2, v2, ... as strings */
+    acc = 4;
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        int k = 0;
+        lua_pushnil(L);
+        while (lua_next(L, 2)) {
+            if ((size_t)k / 2 < LOG_FIELDS_MAX) {
+                luaL_tolstring(L, -2, NULL);
+                lua_rawseti(L, acc, ++k);
+                luaL_tolstring(L, -1, NULL);
+                lua_rawseti(L, acc, ++k);
+            }
+            lua_pop(L, 1);
+        }
+        n = (size_t)k / 2;
+    }
+    for (i = 0; i < n; i++) {
+        lua_rawgeti(L, acc, (lua_Integer)(2 * i + 1));
+        keys[i] = lua_tostring(L, -1);
+        lua_pop(L, 1);  /* the string stays referenced by the table */
+        lua_rawgeti(L, acc, (lua_Integer)(2 * i + 2));
+        values[i] = lua_tolstring(L, -1, &lens[i]);
+        lua_pop(L, 1);
+    }
+    for (i = 1; i < n; i++) {
+        for (j = i; j > 0 && strcmp(keys[j - 1], keys[j]) > 0; j--) {
+            const char *tk = keys[j], *tv = values[j];
+            size_t tl = lens[j];
+            keys[j] = keys[j - 1]; values[j] = values[j - 1]; lens[j] = lens[j - 1];
+            keys[j - 1] = tk; values[j - 1] = tv; lens[j - 1] = tl;
+        }
+    }
+    sb_log_pairs(level, lua_tostring(L, 3), n, keys, values, lens);
+    return 0;
+}
+
+static int log_debug(lua_State *L) { return log_at(L, SB_LOG_DEBUG); }
+static int log_info(lua_State *L) { return log_at(L, SB_LOG_INFO); }
+static int log_warn(lua_State *L) { return log_at(L, SB_LOG_WARN); }
+static int log_error(lua_State *L) { return log_at(L, SB_LOG_ERROR); }
+
+static int now_binding(lua_State *L)
+{
+    lua_pushnumber(L, sb_now_wall());
+    return 1;
+}
+
+/* sleep(seconds): yields the job's coroutine until a timer fires. */
+struct sleep_wait {
+    struct event *ev;
+    struct sb_job *job;
+};
+
+static void sleep_cancel(struct sb_job *job, void *wait)
+{
+    struct sleep_wait *w = wait;
+    (void)job;
+    event_free(w->ev);
+    free(w);
+}
+
+static void sleep_fire(evutil_socket_t fd, short what, void *arg)
+{
+    struct sleep_wait *w = arg;
+    struct sb_job *job = w->job;
+    (void)fd;
+    (void)what;
+    event_free(w->ev);
+    free(w);
+    sb_job_wake(job, 0);
+}
+
+static int sleep_binding(lua_State *L)
+{
+    double s = luaL_checknumber(L, 1);
+    struct sb_job *job = sb_job_checkwait(L);
+    struct sleep_wait *w;
+    struct timeval tv;
+    if (!(s >= 0) || s > 86400 * 365)
+        return luaL_argerror(L, 1, "seconds must be between 0 and a year");
+    w = sb_xcalloc(1, sizeof *w);
+    w->job = job;
+    w->ev = evtimer_new(sb_base, sleep_fire, w);
+    tv.tv_sec = (time_t)s;
+    tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
+    evtimer_add(w->ev, &tv);
+    sb_job_wait(job, sleep_cancel, w);
+    return lua_yield(L, 0);
+}
+
+/* route(method, pattern, handler_name): load time only. */
+static int route_binding(lua_State *L)
+{
+    struct sb_runtime *rt = sb_runtime_of(L);
+    const char *method = luaL_checkstring(L, 1);
+    const char *pattern = luaL_checkstring(L, 2);
+    const char *handler = luaL_checkstring(L, 3);
+    char msg[300], where[300];
+    size_t wl;
+    if (!rt->loading)
+        return luaL_error(L, "route() may only be called at load time (top level of a script)");
+    luaL_where(L, 1);
+    snprintf(where, sizeof where, "%s", lua_tostring(L, -1));
+    wl = strlen(where);
+    while (wl > 0 && (where[wl - 1] == ' ' || where[wl - 1] == ':'))
+        where[--wl] = '\0';
+    if (sb_runtime_add_route(rt, method, pattern, handler, where, msg, sizeof msg))
+        return luaL_error(L, "route(): %s", msg);
+    return 0;
+}
+
+/* http_error(status, code, message): raises an error the engine answers
+ * with that status and {"error":{"code":...,"message":...}}. */
+static int http_error_binding(lua_State *L)
+{
+    struct sb_runtime *rt = sb_runtime_of(L);
+    lua_Integer status = luaL_checkinteger(L, 1);
+    const char *code = luaL_checkstring(L, 2);
+    const char *message = luaL_optstring(L, 3, code);
+    luaL_argcheck(L, status >= 400 && status <= 599, 1, "status must be 400-599");
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, status);
+    lua_setfield(L, -2, "status");
+    lua_pushstring(L, code);
+    lua_setfield(L, -2, "code");
+    lua_pushstring(L, message);
+    lua_setfield(L, -2, "message");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->http_error_mt_ref);
+    lua_setmetatable(L, -2);
+    return lua_error(L);
+}
+
+static int http_error_tostring(lua_State *L)
+{
+    lua_getfield(L, 1, "status");
+    lua_getfield(L, 1, "code");
+    lua_getfield(L, 1, "message");
+    lua_pushfstring(L, "http_error %s %s: %s", lua_tostring(L, -3), lua_tostring(L, -2), lua_tostring(L, -1));
+    return 1;
+}
+
+void sb_json_encode_at(lua_State *L, int idx)
+{
+    struct sb_runtime *rt = sb_runtime_of(L);
+    idx = lua_absindex(L, idx);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->json_encode_ref);
+    lua_pushvalue(L, idx);
+    lua_call(L, 1, 1);
+}
+
+void sb_json_decode(lua_State *L, const char *s, size_t len)
+{
+    struct sb_runtime *rt = sb_runtime_of(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->json_decode_ref);
+    lua_pushlstring(L, s, len);
+    lua_call(L, 1, 1);
+}
+
+static void call_cjson_setting(lua_State *L, int cjson, const char *fn, int arg_is_bool, int value)
+{
+    lua_getfield(L, cjson, fn);
+    if (arg_is_bool)
+        lua_pushboolean(L, value);
+    else
+        lua_pushinteger(L, value);
+    lua_call(L, 1, 0);
+}
+
+/* The engine's JSON settings: sparse arrays become objects instead of
+ * errors, nesting is bounded both ways, NaN/Infinity are refused both ways. */
+static void open_json(struct sb_runtime *rt)
+{
+    lua_State *L = rt->L;
+    int cjson;
+    luaopen_cjson(L);
+    cjson = lua_gettop(L);
+    call_cjson_setting(L, cjson, "encode_sparse_array", 1, 1);
+    call_cjson_setting(L, cjson, "encode_max_depth", 0, 64);
+    call_cjson_setting(L, cjson, "decode_max_depth", 0, 64);
+    call_cjson_setting(L, cjson, "encode_invalid_numbers", 1, 0);
+    call_cjson_setting(L, cjson, "decode_invalid_numbers", 1, 0);
+
+    lua_createtable(L, 0, 3);
+    lua_getfield(L, cjson, "encode");
+    lua_pushvalue(L, -1);
+    rt->json_encode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_setfield(L, -2, "encode");
+    lua_getfield(L, cjson, "decode");
+    lua_pushvalue(L, -1);
+    rt->json_decode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_setfield(L, -2, "decode");
+    lua_getfield(L, cjson, "null");
+    lua_setfield(L, -2, "null");
+    lua_setglobal(L, "json");
+    lua_settop(L, cjson - 1);
+}
+
+void sb_bindings_open(struct sb_runtime *rt)
+{
+    static const luaL_Reg log_funcs[] = {
+        { "debug", log_debug }, { "info", log_info }, { "warn", log_warn }, { "error", log_error }, { NULL, NULL }
+    };
+    lua_State *L = rt->L;
+
+    open_json(rt);
+    luaL_newlib(L, log_funcs);
+    lua_setglobal(L, "log");
+    lua_pushcfunction(L, now_binding);
+    lua_setglobal(L, "now");
+    lua_pushcfunction(L, sleep_binding);
+    lua_setglobal(L, "sleep");
+    lua_pushcfunction(L, route_binding);
+    lua_setglobal(L, "route");
+
+    lua_createtable(L, 0, 2);
+    lua_pushcfunction(L, http_error_tostring);
+    lua_setfield(L, -2, "__tostring");
+    rt->http_error_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushcfunction(L, http_error_binding);
+    lua_setglobal(L, "http_error");
+
+    sb_config_push_view(rt->cfg, L);
+    lua_pushvalue(L, -1);
+    rt->config_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_setglobal(L, "config");
+
+    sb_bind_http_open(L);
+    sb_bind_timer_open(L);
+    sb_bind_state_open(L);
+}

@@ -1,0 +1,57 @@
+/* The daemon's configuration: a Lua file returning a table, evaluated in its
+ * own sandboxed state. The parsed values live in struct sb_config; the table
+ * itself is kept so every runtime can get a read-only copy as `config`. */
+#ifndef SB_CONFIG_H
+#define SB_CONFIG_H
+
+#include <stddef.h>
+
+#include "log.h"
+#include "util.h"
+
+struct lua_State;
+
+enum sb_script_dir { SB_DIR_SCRIPTS, SB_DIR_PROVIDERS, SB_DIR_RULES, SB_DIR_COUNT };
+
+struct sb_config {
+    int refs;
+    char *path;
+    char *listen_host;
+    int listen_port;
+    char *data_dir;
+    enum sb_log_level log_level;
+    char *admin_token;              /* NULL: admin endpoints answer 403 */
+    char *api_token;                /* NULL: API endpoints answer 403 */
+    char *dirs[SB_DIR_COUNT];
+    long max_body_bytes;
+    long max_header_bytes;
+    int idle_timeout;               /* seconds */
+    size_t lua_memory_limit;        /* bytes per runtime */
+    double cpu_ms_per_resume;
+    double cpu_ms_per_job;
+    double job_timeout;             /* seconds, wall clock */
+    double shutdown_grace;          /* seconds */
+    long http_client_max_response;  /* bytes */
+    int http_client_max_connections;
+    struct lua_State *L;            /* owns the config table (registry ref table_ref) */
+    int table_ref;
+};
+
+/* Command-line values that win over the file (NULL: not given). */
+struct sb_overrides {
+    const char *listen;
+    const char *data_dir;
+};
+
+struct sb_config *sb_config_load(const char *path, const struct sb_overrides *ov, struct sb_error *err);
+void sb_config_ref(struct sb_config *cfg);
+void sb_config_unref(struct sb_config *cfg);
+
+/* Pushes onto L a read-only deep copy of the config table.
+ * Stack: [-0, +1]. Raises a Lua error only on memory exhaustion. */
+void sb_config_push_view(const struct sb_config *cfg, struct lua_State *L);
+
+/* Splits "host:port" or "[v6]:port"; returns 0 or -1. host is malloc'ed. */
+int sb_parse_listen(const char *s, char **host, int *port);
+
+#endif

@@ -1,0 +1,95 @@
+/* Jobs: every unit of work (an HTTP request routed to Lua, a timer firing,
+ * a webhook) runs in its own coroutine on the runtime it started on.
+ *
+ * Budgets, checked by a count hook while the coroutine runs:
+ *   cpu_ms_per_resume  time of one resume (the loop does nothing else then)
+ *   cpu_ms_per_job     sum over all resumes of the job
+ *   memory             the runtime allocator's cap (see runtime.c)
+ *   job_timeout        wall clock from start, also enforced while waiting
+ * A job over budget is stopped: the hook then fires on every instruction
+ * and raises again, so a script's own pcall cannot swallow the stop. */
+#ifndef SB_JOB_H
+#define SB_JOB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+struct lua_State;
+struct sb_runtime;
+struct event;
+
+enum sb_job_kind { SB_JOB_LOAD, SB_JOB_HTTP, SB_JOB_TIMER };
+
+/* How a job ended. */
+enum sb_job_result {
+    SB_JOB_DONE,         /* returned normally: results are on job->co */
+    SB_JOB_FAILED        /* error: see status/code/message of the outcome */
+};
+
+struct sb_job_outcome {
+    enum sb_job_result result;
+    int nresults;             /* SB_JOB_DONE: values on top of job->co */
+    int status;               /* SB_JOB_FAILED: HTTP status to answer with */
+    const char *code;         /* SB_JOB_FAILED: machine-readable error code */
+    const char *message;      /* SB_JOB_FAILED: human-readable message */
+};
+
+struct sb_job;
+typedef void (*sb_job_done_fn)(struct sb_job *job, const struct sb_job_outcome *outcome);
+typedef void (*sb_job_cancel_fn)(struct sb_job *job, void *wait);
+
+struct sb_job {
+    uint64_t id;
+    enum sb_job_kind kind;
+    struct sb_runtime *rt;        /* holds a reference */
+    struct lua_State *co;         /* the job's coroutine (main thread for loads) */
+    int co_ref;
+    char label[160];              /* route pattern or timer handler, for logs */
+    double started;               /* monotonic seconds */
+    double deadline;
+    double resume_started;
+    double cpu_ms;
+    const char *kill_reason;      /* "cpu" | "memory" | "deadline" once stopped */
+    char kill_where[300];         /* script position that was running when stopped */
+    int waiting;                  /* a binding yielded and armed a wake-up */
+    sb_job_cancel_fn cancel_wait; /* aborts that wake-up; owner of the wait data */
+    void *wait;
+    struct event *deadline_ev;
+    sb_job_done_fn on_done;
+    void *owner;                  /* e.g. the evhttp_request of an HTTP job */
+    struct sb_job *prev, *next;
+};
+
+/* Creates a job on rt. Push the function and its arguments on job->co,
+ * then call sb_job_start. */
+struct sb_job *sb_job_new(struct sb_runtime *rt, enum sb_job_kind kind, const char *label,
+                          sb_job_done_fn on_done, void *owner);
+/* Runs the job until it waits or ends. The job may be freed on return. */
+void sb_job_start(struct sb_job *job, int nargs);
+
+/* For bindings that wait: checks the calling coroutine may wait (raises a
+ * Lua error otherwise) and returns its job. */
+struct sb_job *sb_job_checkwait(struct lua_State *L);
+/* Arms the wait: the binding then does `return lua_yield(L, 0)`. */
+void sb_job_wait(struct sb_job *job, sb_job_cancel_fn cancel, void *wait);
+/* Resumes a waiting job with nargs values already pushed on job->co. Never
+ * call from inside the coroutine or a library callback that must not
+ * re-enter (collect first, wake after). The job may be freed on return. */
+void sb_job_wake(struct sb_job *job, int nargs);
+
+/* Called by the runtime allocator when it refuses memory. */
+void sb_job_note_memory_exhausted(void);
+/* The job whose coroutine is running now (NULL between resumes). */
+struct sb_job *sb_job_running(void);
+
+/* Runs the function below nargs arguments on the runtime's main state under
+ * the load budget (script top level). Returns 0, or -1 with err filled. */
+int sb_job_pcall_load(struct sb_runtime *rt, int nargs, int nresults, const char *label, struct sb_error *err);
+
+size_t sb_jobs_in_flight(void);
+/* Stops every job (shutdown): waits are cancelled, HTTP jobs answered 503. */
+void sb_jobs_abort_all(void);
+
+#endif

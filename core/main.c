@@ -1,0 +1,319 @@
+/* switchboard: live-chat handoff and routing engine. Process set-up, the
+ * reload sequence, signals and the graceful stop. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/listener.h>
+
+#include "config.h"
+#include "httpclient.h"
+#include "job.h"
+#include "kvstate.h"
+#include "log.h"
+#include "loop.h"
+#include "metrics.h"
+#include "runtime.h"
+#include "server.h"
+#include "timer.h"
+#include "util.h"
+
+#define DEFAULT_CONFIG "examples/switchboard.conf.lua"
+#define DRAIN_POLL_MS 20
+#define FLUSH_GRACE 1.0   /* seconds to let written replies leave after the last job */
+
+struct event_base *sb_base;
+
+static const char *config_path = DEFAULT_CONFIG;
+static struct sb_overrides overrides;
+static unsigned generation;
+static double stop_deadline;
+static double jobs_drained_at;
+static struct event *drain_ev;
+static struct event *sweep_ev;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: switchboard [-c FILE] [--listen HOST:PORT] [--data-dir DIR]\n"
+            "       switchboard --check [-c FILE]\n"
+            "       switchboard --version\n"
+            "  -c, --config FILE   Lua config file (default " DEFAULT_CONFIG ")\n"
+            "  --listen HOST:PORT  override the listen address\n"
+            "  --data-dir DIR      override the data folder\n"
+            "  --check             load config and every script as a reload would, print ok or errors\n"
+            "  --version           print the version\n");
+}
+
+/* Builds config and runtime for the next generation without touching the
+ * running ones. */
+static struct sb_runtime *build(unsigned gen, struct sb_error *err)
+{
+    struct sb_config *cfg = sb_config_load(config_path, &overrides, err);
+    struct sb_runtime *rt;
+    if (!cfg)
+        return NULL;
+    rt = sb_runtime_new(cfg, gen, err);
+    sb_config_unref(cfg);  /* the runtime holds its own reference */
+    return rt;
+}
+
+static void log_reload_failure(const struct sb_error *err)
+{
+    char line[16];
+    snprintf(line, sizeof line, "%d", err->line);
+    sb_log(SB_LOG_ERROR, "reload failed", "file", err->file, "line", line, "error", err->message, NULL);
+}
+
+/* The reload sequence: build and check the new runtime fully; only then
+ * swap it in, arm its load-time timers and apply the live settings. On any
+ * error the running runtime is untouched. */
+static unsigned reload(struct sb_error *err)
+{
+    struct sb_runtime *rt, *old = sb_runtime_current();
+    char gen_s[16];
+    rt = build(generation + 1, err);
+    if (!rt) {
+        sb_counters.reloads_failed++;
+        log_reload_failure(err);
+        return 0;
+    }
+    if (strcmp(rt->cfg->listen_host, old->cfg->listen_host) != 0 || rt->cfg->listen_port != old->cfg->listen_port)
+        sb_log(SB_LOG_WARN, "listen address changed in config: takes effect at restart", NULL);
+    if (strcmp(rt->cfg->data_dir, old->cfg->data_dir) != 0)
+        sb_log(SB_LOG_WARN, "data_dir changed in config: takes effect at restart", NULL);
+    generation++;
+    sb_runtime_swap(rt);
+    sb_timers_commit_load(generation);
+    sb_log_set_level(rt->cfg->log_level);
+    sb_server_configure(rt->cfg);
+    sb_httpclient_configure(rt->cfg->http_client_max_response);
+    sb_counters.reloads_ok++;
+    snprintf(gen_s, sizeof gen_s, "%u", generation);
+    sb_log(SB_LOG_INFO, "reload ok", "generation", gen_s, NULL);
+    return generation;
+}
+
+static void on_sighup(evutil_socket_t fd, short what, void *arg)
+{
+    struct sb_error err;
+    (void)fd;
+    (void)what;
+    (void)arg;
+    memset(&err, 0, sizeof err);
+    reload(&err);
+}
+
+static void drain_check(evutil_socket_t fd, short what, void *arg)
+{
+    double now = sb_now_mono();
+    struct timeval tv = { 0, DRAIN_POLL_MS * 1000 };
+    (void)fd;
+    (void)what;
+    (void)arg;
+    if (sb_jobs_in_flight() == 0) {
+        if (jobs_drained_at == 0)
+            jobs_drained_at = now;
+        if (sb_server_requests_open() == 0 || now - jobs_drained_at > FLUSH_GRACE) {
+            event_base_loopexit(sb_base, NULL);
+            return;
+        }
+    } else if (now > stop_deadline) {
+        char n[24];
+        snprintf(n, sizeof n, "%zu", sb_jobs_in_flight());
+        sb_log(SB_LOG_WARN, "shutdown grace over: stopping remaining jobs", "jobs", n, NULL);
+        sb_jobs_abort_all();
+    }
+    evtimer_add(drain_ev, &tv);
+}
+
+static void on_sigterm(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)arg;
+    if (drain_ev)
+        return; /* already stopping */
+    sb_log(SB_LOG_INFO, "stopping", "signal", what == SIGINT ? "INT" : "TERM", NULL);
+    sb_server_stop_accepting();
+    sb_timers_pause();
+    stop_deadline = sb_now_mono() + sb_runtime_current()->cfg->shutdown_grace;
+    drain_ev = evtimer_new(sb_base, drain_check, NULL);
+    drain_check(-1, 0, NULL);
+}
+
+static void on_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    sb_kv_sweep();
+}
+
+static int ensure_dir(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) == 0)
+        return S_ISDIR(st.st_mode) ? 0 : -1;
+    return mkdir(path, 0750);
+}
+
+static int run_check(void)
+{
+    struct sb_error err;
+    struct sb_runtime *rt;
+    sb_base = event_base_new();
+    sb_log_set_level(SB_LOG_WARN);
+    memset(&err, 0, sizeof err);
+    rt = build(1, &err);
+    if (!rt) {
+        if (err.line > 0)
+            fprintf(stderr, "%s:%d: %s\n", err.file, err.line, err.message);
+        else
+            fprintf(stderr, "%s: %s\n", err.file[0] ? err.file : config_path, err.message);
+        sb_timers_free_all();
+        event_base_free(sb_base);
+        return 1;
+    }
+    sb_runtime_unref(rt);
+    sb_timers_free_all();
+    sb_kv_free_all();
+    event_base_free(sb_base);
+    printf("ok\n");
+    return 0;
+}
+
+static void log_listening(void)
+{
+    /* The port may have been 0 (ephemeral): report the one we got. */
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    char addr[INET6_ADDRSTRLEN + 8], host[INET6_ADDRSTRLEN];
+    int fd = sb_server_listen_fd();
+    if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
+        return;
+    if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof host);
+        snprintf(addr, sizeof addr, "[%s]:%d", host, ntohs(s6->sin6_port));
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &s4->sin_addr, host, sizeof host);
+        snprintf(addr, sizeof addr, "%s:%d", host, ntohs(s4->sin_port));
+    }
+    sb_log(SB_LOG_INFO, "listening", "addr", addr, "version", SB_VERSION, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "config", required_argument, NULL, 'c' },
+        { "listen", required_argument, NULL, 'l' },
+        { "data-dir", required_argument, NULL, 'd' },
+        { "check", no_argument, NULL, 'k' },
+        { "version", no_argument, NULL, 'v' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    struct sb_error err;
+    struct sb_runtime *rt;
+    struct event *ev_hup = NULL, *ev_term = NULL, *ev_int = NULL;
+    struct timeval sweep_tv = { 30, 0 };
+    int c, check = 0, rc = 1;
+
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': config_path = optarg; break;
+        case 'l': overrides.listen = optarg; break;
+        case 'd': overrides.data_dir = optarg; break;
+        case 'k': check = 1; break;
+        case 'v': printf("switchboard %s\n", SB_VERSION); return 0;
+        case 'h': usage(stdout); return 0;
+        default:
+            fprintf(stderr, "switchboard: unknown or incomplete option '%s'\n", argv[optind - 1]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "switchboard: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    if (check)
+        return run_check();
+
+    signal(SIGPIPE, SIG_IGN);
+    sb_base = event_base_new();
+    if (!sb_base) {
+        fputs("switchboard: cannot create the event loop\n", stderr);
+        return 1;
+    }
+    memset(&err, 0, sizeof err);
+    if (sb_httpclient_init(16 << 20, 64) != 0) {
+        sb_log(SB_LOG_ERROR, "cannot initialise the HTTP client", NULL);
+        goto out;
+    }
+    generation = 1;
+    rt = build(generation, &err);
+    if (!rt) {
+        log_reload_failure(&err);
+        goto out;
+    }
+    sb_runtime_swap(rt);
+    sb_timers_commit_load(generation);
+    sb_log_set_level(rt->cfg->log_level);
+    sb_httpclient_configure(rt->cfg->http_client_max_response);
+    if (ensure_dir(rt->cfg->data_dir) != 0) {
+        sb_log(SB_LOG_ERROR, "cannot create data_dir", "path", rt->cfg->data_dir, NULL);
+        goto out;
+    }
+    if (sb_server_start(rt->cfg, reload) != 0) {
+        char port[16];
+        snprintf(port, sizeof port, "%d", rt->cfg->listen_port);
+        sb_log(SB_LOG_ERROR, "cannot listen", "host", rt->cfg->listen_host, "port", port, NULL);
+        goto out;
+    }
+    log_listening();
+
+    ev_hup = evsignal_new(sb_base, SIGHUP, on_sighup, NULL);
+    ev_term = evsignal_new(sb_base, SIGTERM, on_sigterm, NULL);
+    ev_int = evsignal_new(sb_base, SIGINT, on_sigterm, NULL);
+    evsignal_add(ev_hup, NULL);
+    evsignal_add(ev_term, NULL);
+    evsignal_add(ev_int, NULL);
+    sweep_ev = event_new(sb_base, -1, EV_PERSIST, on_sweep, NULL);
+    evtimer_add(sweep_ev, &sweep_tv);
+
+    event_base_dispatch(sb_base);
+    sb_log(SB_LOG_INFO, "stopped", NULL);
+    rc = 0;
+out:
+    sb_jobs_abort_all();
+    sb_server_free();
+    sb_timers_free_all();
+    sb_runtime_swap(NULL);
+    sb_httpclient_shutdown();
+    sb_kv_free_all();
+    sb_metrics_free();
+    if (ev_hup)
+        event_free(ev_hup);
+    if (ev_term)
+        event_free(ev_term);
+    if (ev_int)
+        event_free(ev_int);
+    if (sweep_ev)
+        event_free(sweep_ev);
+    if (drain_ev)
+        event_free(drain_ev);
+    event_base_free(sb_base);
+    return rc;
+}

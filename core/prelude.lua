@@ -1,0 +1,90 @@
+-- Engine prelude: runs first in every runtime, before any script. It returns
+-- the engine's own functions, kept in the registry where scripts cannot
+-- replace them. Everything it needs from the globals is captured now.
+local type, pairs, tostring, error, setmetatable, pcall, select =
+      type, pairs, tostring, error, setmetatable, pcall, select
+local gmatch, floor = string.gmatch, math.floor
+local G = _G
+local json_encode, json_decode = json.encode, json.decode
+local http_error = http_error
+
+local engine = {}
+
+-- "name" or "a.b.c": a global function, looked up at call time so a reload
+-- (which builds a new _G) changes what runs.
+function engine.resolve(name)
+  local v = G
+  for part in gmatch(name, "[^%.]+") do
+    if type(v) ~= "table" then return nil end
+    v = v[part]
+  end
+  return v
+end
+local resolve = engine.resolve
+
+local request_methods = {}
+local request_mt = { __index = request_methods }
+
+-- req:json(): the body as a Lua value, or a 400 malformed_json error.
+function request_methods.json(req)
+  local ok, value = pcall(json_decode, req.body)
+  if not ok then
+    http_error(400, "malformed_json", "request body is not valid JSON")
+  end
+  return value
+end
+
+local function check_headers(headers)
+  local out = {}
+  if headers == nil then return out end
+  if type(headers) ~= "table" then
+    error("route handler: headers must be a table", 0)
+  end
+  for k, v in pairs(headers) do
+    if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number") then
+      error("route handler: header names and values must be strings", 0)
+    end
+    out[k] = tostring(v)
+  end
+  return out
+end
+
+-- Runs a route handler and normalises what it returned into
+-- status, body string, content type (or nil), headers table.
+function engine.run_route(name, req)
+  local fn = resolve(name)
+  if type(fn) ~= "function" then
+    error("route handler '" .. name .. "' is not a function", 0)
+  end
+  setmetatable(req, request_mt)
+  local status, body, headers = fn(req)
+  if type(status) ~= "number" or status ~= floor(status) or status < 100 or status > 599 then
+    error("route handler '" .. name .. "' must return an HTTP status (100-599) first, got "
+          .. tostring(status), 0)
+  end
+  local ctype
+  if body == nil then
+    body = ""
+  elseif type(body) == "table" then
+    body = json_encode(body)
+    ctype = "application/json"
+  elseif type(body) == "string" then
+    ctype = "text/plain; charset=utf-8"
+  else
+    error("route handler '" .. name .. "' must return a string or table body, got " .. type(body), 0)
+  end
+  return status, body, ctype, check_headers(headers)
+end
+
+-- Runs a timer handler with its data decoded from the JSON kept by the core.
+function engine.run_timer(name, data_json, id)
+  local fn = resolve(name)
+  if type(fn) ~= "function" then
+    error("timer handler '" .. name .. "' is not a function", 0)
+  end
+  local data
+  if data_json ~= nil then data = json_decode(data_json) end
+  fn(data, id)
+end
+
+return engine

@@ -1,0 +1,566 @@
+#include "runtime.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "bindings.h"
+#include "job.h"
+#include "log.h"
+#include "timer.h"
+
+#include "prelude_lua.h"  /* generated from core/prelude.lua: sb_prelude_lua[] */
+
+#define SCRIPT_MAX_BYTES (4 << 20)
+#define SCRIPTS_PER_DIR_MAX 4096
+
+static struct sb_runtime *current;
+static int live_runtimes;
+
+struct sb_runtime *sb_runtime_current(void) { return current; }
+int sb_runtimes_live(void) { return live_runtimes; }
+
+struct sb_runtime *sb_runtime_of(lua_State *L)
+{
+    return *(struct sb_runtime **)lua_getextraspace(L);
+}
+
+void sb_runtime_swap(struct sb_runtime *rt)
+{
+    struct sb_runtime *old = current;
+    current = rt;
+    if (old)
+        sb_runtime_unref(old);
+}
+
+void sb_runtime_ref(struct sb_runtime *rt) { rt->refs++; }
+
+void sb_runtime_unref(struct sb_runtime *rt)
+{
+    size_t i;
+    if (!rt || --rt->refs > 0)
+        return;
+    if (rt->L)
+        lua_close(rt->L);
+    for (i = 0; i < rt->nroutes; i++)
+        sb_route_free(&rt->routes[i]);
+    free(rt->routes);
+    sb_config_unref(rt->cfg);
+    live_runtimes--;
+    if (sb_log_enabled(SB_LOG_DEBUG)) {
+        char gen[16];
+        snprintf(gen, sizeof gen, "%u", rt->generation);
+        sb_log(SB_LOG_DEBUG, "runtime closed", "generation", gen, NULL);
+    }
+    free(rt);
+}
+
+/* The allocator caps each runtime; the cap applies only while script code
+ * runs, so the engine's own pushes between resumes never fail half-way. A
+ * refused allocation marks the running job, whose budget hook then stops it
+ * for good (a script's pcall could otherwise catch "not enough memory"). */
+static void *runtime_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct sb_runtime *rt = ud;
+    size_t old = ptr ? osize : 0;
+    void *p;
+    if (nsize == 0) {
+        free(ptr);
+        rt->mem_used -= old;
+        return NULL;
+    }
+    if (nsize > old && rt->mem_enforce > 0 && rt->mem_used - old + nsize > rt->mem_limit) {
+        sb_job_note_memory_exhausted();
+        return NULL;
+    }
+    p = realloc(ptr, nsize);
+    if (p)
+        rt->mem_used = rt->mem_used - old + nsize;
+    return p;
+}
+
+static int runtime_panic(lua_State *L)
+{
+    const char *msg = lua_tostring(L, -1);
+    sb_log(SB_LOG_ERROR, "lua panic", "error", msg ? msg : "?", NULL);
+    abort();
+}
+
+/* Routes */
+
+void sb_route_free(struct sb_route *r)
+{
+    size_t i;
+    for (i = 0; i < r->nsegs; i++)
+        free(r->segs[i]);
+    free(r->segs);
+    free(r->method);
+    free(r->pattern);
+    free(r->handler);
+    free(r->where);
+    memset(r, 0, sizeof *r);
+}
+
+int sb_route_compile(struct sb_route *r, const char *pattern, char *msg, size_t msg_size)
+{
+    const char *p = pattern;
+    size_t nparams = 0;
+    memset(r, 0, sizeof *r);
+    if (pattern[0] != '/') {
+        snprintf(msg, msg_size, "route pattern must start with '/': %s", pattern);
+        return -1;
+    }
+    r->pattern = sb_xstrdup(pattern);
+    while (*p == '/') {
+        const char *start = ++p;
+        size_t n;
+        while (*p && *p != '/')
+            p++;
+        n = (size_t)(p - start);
+        if (n == 0 && *p == '/') {
+            snprintf(msg, msg_size, "route pattern has an empty segment: %s", pattern);
+            goto fail;
+        }
+        if (n > 0 && start[0] == '{') {
+            size_t i;
+            if (n < 3 || start[n - 1] != '}') {
+                snprintf(msg, msg_size, "bad capture in route pattern: %s", pattern);
+                goto fail;
+            }
+            for (i = 1; i + 1 < n; i++) {
+                char c = start[i];
+                if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_')) {
+                    snprintf(msg, msg_size, "bad capture name in route pattern: %s", pattern);
+                    goto fail;
+                }
+            }
+            if (++nparams > SB_ROUTE_MAX_PARAMS) {
+                snprintf(msg, msg_size, "route pattern has more than %d captures: %s", SB_ROUTE_MAX_PARAMS, pattern);
+                goto fail;
+            }
+        }
+        r->segs = sb_xrealloc(r->segs, (r->nsegs + 1) * sizeof *r->segs);
+        r->segs[r->nsegs] = sb_xmalloc(n + 1);
+        memcpy(r->segs[r->nsegs], start, n);
+        r->segs[r->nsegs][n] = '\0';
+        r->nsegs++;
+    }
+    return 0;
+fail:
+    sb_route_free(r);
+    return -1;
+}
+
+int sb_route_match_path(const struct sb_route *r, const char *path, struct sb_route_match *m)
+{
+    const char *p = path;
+    size_t i;
+    m->nparams = 0;
+    m->route = r;
+    for (i = 0; i < r->nsegs; i++) {
+        const char *start, *seg = r->segs[i];
+        size_t n;
+        if (*p != '/')
+            return 0;
+        start = ++p;
+        while (*p && *p != '/')
+            p++;
+        n = (size_t)(p - start);
+        if (seg[0] == '{') {
+            if (n == 0)
+                return 0;
+            m->names[m->nparams] = seg;
+            m->values[m->nparams] = start;
+            m->value_lens[m->nparams] = n;
+            m->nparams++;
+        } else if (strlen(seg) != n || memcmp(seg, start, n) != 0) {
+            return 0;
+        }
+    }
+    return *p == '\0';
+}
+
+int sb_runtime_add_route(struct sb_runtime *rt, const char *method, const char *pattern,
+                         const char *handler, const char *where, char *msg, size_t msg_size)
+{
+    static const char *const methods[] = { "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "*" };
+    struct sb_route r;
+    size_t i;
+    int known = 0;
+    for (i = 0; i < sizeof methods / sizeof *methods; i++)
+        known |= strcmp(method, methods[i]) == 0;
+    if (!known) {
+        snprintf(msg, msg_size, "unknown HTTP method '%s'", method);
+        return -1;
+    }
+    if (sb_route_compile(&r, pattern, msg, msg_size))
+        return -1;
+    for (i = 0; i < rt->nroutes; i++) {
+        if (strcmp(rt->routes[i].pattern, pattern) == 0 &&
+            (strcmp(rt->routes[i].method, method) == 0 || !strcmp(method, "*") || !strcmp(rt->routes[i].method, "*"))) {
+            snprintf(msg, msg_size, "route %s %s already registered at %s", method, pattern, rt->routes[i].where);
+            sb_route_free(&r);
+            return -1;
+        }
+    }
+    r.method = sb_xstrdup(method);
+    r.handler = sb_xstrdup(handler);
+    r.where = sb_xstrdup(where);
+    if (rt->nroutes == rt->routes_cap) {
+        rt->routes_cap = rt->routes_cap ? rt->routes_cap * 2 : 16;
+        rt->routes = sb_xrealloc(rt->routes, rt->routes_cap * sizeof *rt->routes);
+    }
+    rt->routes[rt->nroutes++] = r;
+    return 0;
+}
+
+int sb_runtime_match(const struct sb_runtime *rt, const char *method, const char *path,
+                     struct sb_route_match *m, int *path_known, char *allow, size_t allow_size)
+{
+    size_t i, alen = 0;
+    struct sb_route_match tmp;
+    *path_known = 0;
+    if (allow_size)
+        allow[0] = '\0';
+    for (i = 0; i < rt->nroutes; i++) {
+        const struct sb_route *r = &rt->routes[i];
+        if (!sb_route_match_path(r, path, &tmp))
+            continue;
+        if (strcmp(r->method, "*") == 0 || strcmp(r->method, method) == 0 ||
+            (strcmp(method, "HEAD") == 0 && strcmp(r->method, "GET") == 0)) {
+            *m = tmp;
+            return 1;
+        }
+        *path_known = 1;
+        if (alen + strlen(r->method) + 3 < allow_size)
+            alen += (size_t)snprintf(allow + alen, allow_size - alen, "%s%s", alen ? ", " : "", r->method);
+    }
+    return 0;
+}
+
+/* Sandbox */
+
+static int safe_print(lua_State *L)
+{
+    luaL_Buffer b;
+    int i, n = lua_gettop(L);
+    luaL_buffinit(L, &b);
+    for (i = 1; i <= n; i++) {
+        if (i > 1)
+            luaL_addchar(&b, '\t');
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    sb_log(SB_LOG_INFO, lua_tostring(L, -1), "source", "print", NULL);
+    return 0;
+}
+
+/* load() restricted to text chunks: precompiled bytecode can break out of
+ * the sandbox. load(chunk, chunkname, mode, env) */
+static int safe_load(lua_State *L)
+{
+    lua_settop(L, 4);
+    lua_pushliteral(L, "t");
+    lua_replace(L, 3);
+    lua_getfield(L, LUA_REGISTRYINDEX, "sb.original_load");
+    lua_insert(L, 1);
+    lua_call(L, 4, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int load_script_chunk(lua_State *L, const char *path, const char *display)
+{
+    char *src = NULL;
+    size_t len;
+    char msg[256], chunk[600];
+    int rc;
+    if (sb_read_file(path, SCRIPT_MAX_BYTES, &src, &len, msg, sizeof msg)) {
+        lua_pushfstring(L, "%s:0: %s", display, msg);
+        return LUA_ERRFILE;
+    }
+    snprintf(chunk, sizeof chunk, "@%s", display);
+    rc = luaL_loadbufferx(L, src, len, chunk, "t");
+    free(src);
+    return rc;
+}
+
+/* require(name): modules come only from the configured script folders,
+ * "a.b" maps to "<dir>/a/b.lua" or "<dir>/a/b/init.lua". */
+static int safe_require(lua_State *L)
+{
+    struct sb_runtime *rt = sb_runtime_of(L);
+    const char *name = luaL_checkstring(L, 1);
+    char rel[512], path[1024];
+    size_t i, n = strlen(name);
+    int d, v;
+
+    lua_settop(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");          /* 2 */
+    if (lua_getfield(L, 2, name) != LUA_TNIL) {
+        if (lua_islightuserdata(L, -1))
+            return luaL_error(L, "require: module '%s' requires itself (loop)", name);
+        return 1;
+    }
+    lua_pop(L, 1);
+    if (n == 0 || n >= 200)
+        return luaL_error(L, "require: bad module name '%s'", name);
+    for (i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              (c == '.' && i > 0 && i + 1 < n && name[i + 1] != '.')))
+            return luaL_error(L, "require: bad module name '%s'", name);
+        rel[i] = c == '.' ? '/' : c;
+    }
+    rel[n] = '\0';
+    for (d = 0; d < SB_DIR_COUNT; d++) {
+        for (v = 0; v < 2; v++) {
+            struct stat st;
+            snprintf(path, sizeof path, v == 0 ? "%s/%s.lua" : "%s/%s/init.lua", rt->cfg->dirs[d], rel);
+            if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+                continue;
+            if (load_script_chunk(L, path, path) != LUA_OK)
+                return lua_error(L);
+            lua_pushlightuserdata(L, (void *)safe_require);  /* marks "loading" */
+            lua_setfield(L, 2, name);
+            lua_pushstring(L, name);
+            lua_call(L, 1, 1);
+            if (lua_isnil(L, -1)) {
+                lua_pop(L, 1);
+                lua_pushboolean(L, 1);
+            }
+            lua_pushvalue(L, -1);
+            lua_setfield(L, 2, name);
+            return 1;
+        }
+    }
+    return luaL_error(L, "require: module '%s' not found in the script folders", name);
+}
+
+static void open_sandbox(lua_State *L)
+{
+    static const char *const base_removed[] = { "dofile", "loadfile", NULL };
+    static const char *const os_kept[] = { "time", "clock", "date", "difftime", NULL };
+    const char *const *p;
+
+    luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
+    luaL_requiref(L, LUA_COLIBNAME, luaopen_coroutine, 1);
+    luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
+    luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+    luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
+    luaL_requiref(L, LUA_UTF8LIBNAME, luaopen_utf8, 1);
+    luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);   /* copied selectively below */
+    lua_settop(L, 0);
+
+    for (p = base_removed; *p; p++) {
+        lua_pushnil(L);
+        lua_setglobal(L, *p);
+    }
+    lua_getglobal(L, "load");
+    lua_setfield(L, LUA_REGISTRYINDEX, "sb.original_load");
+    lua_pushcfunction(L, safe_load);
+    lua_setglobal(L, "load");
+    lua_pushcfunction(L, safe_print);
+    lua_setglobal(L, "print");
+    lua_pushcfunction(L, safe_require);
+    lua_setglobal(L, "require");
+
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_getfield(L, -1, LUA_OSLIBNAME);
+    lua_newtable(L);
+    for (p = os_kept; *p; p++) {
+        lua_getfield(L, -2, *p);
+        lua_setfield(L, -2, *p);
+    }
+    lua_setglobal(L, "os");
+    lua_pushnil(L);
+    lua_setfield(L, -3, LUA_OSLIBNAME);
+    lua_settop(L, 0);
+
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "sb.loaded");
+}
+
+/* Script loading */
+
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Lists "*.lua" regular files directly in dir, sorted. A missing folder is
+ * an empty one. Returns count or -1 with err set. */
+static int list_scripts(const char *dir, char ***out, struct sb_error *err)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char **names = NULL;
+    int n = 0;
+    *out = NULL;
+    if (!d) {
+        if (errno == ENOENT)
+            return 0;
+        sb_error_set(err, dir, 0, "cannot open script folder: %s", strerror(errno));
+        return -1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        char path[1024];
+        struct stat st;
+        if (len < 5 || strcmp(e->d_name + len - 4, ".lua") != 0 || e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        if (n >= SCRIPTS_PER_DIR_MAX) {
+            sb_error_set(err, dir, 0, "more than %d scripts in folder", SCRIPTS_PER_DIR_MAX);
+            closedir(d);
+            while (n > 0)
+                free(names[--n]);
+            free(names);
+            return -1;
+        }
+        names = sb_xrealloc(names, (size_t)(n + 1) * sizeof *names);
+        names[n++] = sb_xstrdup(e->d_name);
+    }
+    closedir(d);
+    qsort(names, (size_t)n, sizeof *names, name_cmp);
+    *out = names;
+    return n;
+}
+
+static int load_dir(struct sb_runtime *rt, const char *dir, struct sb_error *err)
+{
+    lua_State *L = rt->L;
+    char **names = NULL;
+    int i, n, rc = 0;
+    n = list_scripts(dir, &names, err);
+    if (n < 0)
+        return -1;
+    for (i = 0; i < n && rc == 0; i++) {
+        char path[1024], modname[256];
+        size_t ml = strlen(names[i]) - 4;
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        if (load_script_chunk(L, path, path) != LUA_OK) {
+            sb_error_from_lua(err, lua_tostring(L, -1), path);
+            lua_pop(L, 1);
+            rc = -1;
+            break;
+        }
+        snprintf(modname, sizeof modname, "%.*s", (int)ml, names[i]);
+        lua_pushstring(L, modname);
+        if (sb_job_pcall_load(rt, 1, 1, path, err) != 0) {
+            rc = -1;
+            break;
+        }
+        /* A top-level script is also its own module: require("name") returns
+         * what it returned without running it twice. */
+        lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");
+        if (lua_getfield(L, -1, modname) == LUA_TNIL) {
+            lua_pop(L, 1);
+            if (lua_isnil(L, -2))
+                lua_pushboolean(L, 1);
+            else
+                lua_pushvalue(L, -2);
+            lua_setfield(L, -2, modname);
+        } else {
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+    }
+    for (i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return rc;
+}
+
+static int load_prelude(struct sb_runtime *rt, struct sb_error *err)
+{
+    lua_State *L = rt->L;
+    if (luaL_loadbufferx(L, sb_prelude_lua, sizeof sb_prelude_lua - 1, "=prelude", "t") != LUA_OK ||
+        lua_pcall(L, 0, 1, 0) != LUA_OK) {
+        sb_error_set(err, "prelude", 0, "engine prelude failed: %s", lua_tostring(L, -1));
+        return -1;
+    }
+    if (!lua_istable(L, -1)) {
+        sb_error_set(err, "prelude", 0, "engine prelude must return a table");
+        return -1;
+    }
+    rt->engine_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+/* A route naming a handler that does not exist would only fail on the first
+ * request; catch it at load so the old runtime keeps serving instead. */
+static int check_routes(struct sb_runtime *rt, struct sb_error *err)
+{
+    lua_State *L = rt->L;
+    size_t i;
+    int ok = 1;
+    for (i = 0; i < rt->nroutes && ok; i++) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, rt->engine_ref);
+        lua_getfield(L, -1, "resolve");
+        lua_pushstring(L, rt->routes[i].handler);
+        if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TFUNCTION) {
+            struct sb_error where;
+            sb_error_from_lua(&where, rt->routes[i].where, rt->routes[i].where);
+            sb_error_set(err, where.file, where.line, "route %s %s: handler '%s' is not a function",
+                         rt->routes[i].method, rt->routes[i].pattern, rt->routes[i].handler);
+            ok = 0;
+        }
+        lua_pop(L, 2);
+    }
+    return ok ? 0 : -1;
+}
+
+struct sb_runtime *sb_runtime_new(struct sb_config *cfg, unsigned generation, struct sb_error *err)
+{
+    struct sb_runtime *rt = sb_xcalloc(1, sizeof *rt);
+    lua_State *L;
+    int d;
+
+    rt->generation = generation;
+    rt->refs = 1;
+    rt->cfg = cfg;
+    sb_config_ref(cfg);
+    rt->mem_limit = cfg->lua_memory_limit;
+    rt->engine_ref = rt->http_error_mt_ref = LUA_NOREF;
+    rt->json_encode_ref = rt->json_decode_ref = rt->config_ref = LUA_NOREF;
+    live_runtimes++;
+    L = rt->L = lua_newstate(runtime_alloc, rt);
+    if (!L) {
+        sb_error_set(err, "", 0, "cannot create Lua state");
+        goto fail;
+    }
+    *(struct sb_runtime **)lua_getextraspace(L) = rt;
+    lua_atpanic(L, runtime_panic);
+    lua_gc(L, LUA_GCGEN, 0, 0);
+
+    open_sandbox(L);
+    sb_bindings_open(rt);
+    if (load_prelude(rt, err))
+        goto fail;
+
+    rt->loading = 1;
+    for (d = 0; d < SB_DIR_COUNT; d++) {
+        if (load_dir(rt, cfg->dirs[d], err))
+            goto fail;
+    }
+    rt->loading = 0;
+    if (check_routes(rt, err))
+        goto fail;
+    lua_settop(L, 0);
+    lua_gc(L, LUA_GCCOLLECT);
+    return rt;
+fail:
+    sb_timers_discard_load(generation);
+    sb_runtime_unref(rt);
+    return NULL;
+}

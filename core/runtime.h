@@ -1,0 +1,80 @@
+/* A Lua runtime: one lua_State with the sandbox, the bindings and every
+ * script loaded. A new one is built for each (re)load and swapped in only
+ * when it loaded cleanly; jobs keep the runtime they started on alive
+ * through a reference count, and a retired runtime is closed when its last
+ * job ends. */
+#ifndef SB_RUNTIME_H
+#define SB_RUNTIME_H
+
+#include <stddef.h>
+
+#include "config.h"
+#include "util.h"
+
+struct lua_State;
+
+struct sb_route {
+    char *method;        /* "GET", ..., or "*" */
+    char *pattern;       /* "/v1/channels/{instance}/messages" */
+    char *handler;       /* global function name, dots allowed */
+    char *where;         /* "file:line" of the route() call */
+    size_t nsegs;
+    char **segs;         /* pattern split on '/'; "{name}" captures */
+};
+
+#define SB_ROUTE_MAX_PARAMS 8
+
+struct sb_route_match {
+    const struct sb_route *route;
+    size_t nparams;
+    const char *names[SB_ROUTE_MAX_PARAMS];     /* point into the route */
+    const char *values[SB_ROUTE_MAX_PARAMS];    /* point into the matched path */
+    size_t value_lens[SB_ROUTE_MAX_PARAMS];
+};
+
+struct sb_runtime {
+    struct lua_State *L;
+    unsigned generation;
+    int refs;                /* 1 while current, +1 per live job */
+    struct sb_config *cfg;   /* the config this runtime was built with */
+    size_t mem_used;
+    size_t mem_limit;
+    int mem_enforce;         /* >0 while script code runs: the cap applies */
+    int loading;             /* route() and load-time timers are allowed */
+    struct sb_route *routes;
+    size_t nroutes, routes_cap;
+    int engine_ref;          /* registry ref: the prelude's table of engine functions */
+    int http_error_mt_ref;   /* registry ref: metatable marking http_error() objects */
+    int json_encode_ref, json_decode_ref;
+    int config_ref;          /* registry ref: the read-only config view */
+};
+
+/* Builds and checks a runtime. NULL with err naming file and line on failure. */
+struct sb_runtime *sb_runtime_new(struct sb_config *cfg, unsigned generation, struct sb_error *err);
+void sb_runtime_ref(struct sb_runtime *rt);
+void sb_runtime_unref(struct sb_runtime *rt);
+
+/* The runtime new work starts on. Swapping takes over the caller's reference. */
+struct sb_runtime *sb_runtime_current(void);
+void sb_runtime_swap(struct sb_runtime *rt);
+int sb_runtimes_live(void);
+
+/* The runtime a Lua state (or any of its threads) belongs to. */
+struct sb_runtime *sb_runtime_of(struct lua_State *L);
+
+/* Registers a route during load; returns 0 or -1 with a message. */
+int sb_runtime_add_route(struct sb_runtime *rt, const char *method, const char *pattern,
+                         const char *handler, const char *where, char *msg, size_t msg_size);
+
+/* Finds the route for method and raw path. Returns 1 on a match (filled m),
+ * 0 if no route fits. When a route matches the path but not the method,
+ * *path_known is set and allow receives the allowed methods. */
+int sb_runtime_match(const struct sb_runtime *rt, const char *method, const char *path,
+                     struct sb_route_match *m, int *path_known, char *allow, size_t allow_size);
+
+/* Splits a route pattern; exposed for unit tests. Returns 0 or -1. */
+int sb_route_compile(struct sb_route *r, const char *pattern, char *msg, size_t msg_size);
+void sb_route_free(struct sb_route *r);
+int sb_route_match_path(const struct sb_route *r, const char *path, struct sb_route_match *m);
+
+#endif

@@ -1,0 +1,42 @@
+-- Switchboard example configuration: works out of the box on loopback.
+-- Relative paths are relative to the directory the daemon is started from
+-- (`make install` rewrites `base` to the installed share folder).
+local base = "."
+
+return {
+  listen = "127.0.0.1:8080",
+  data_dir = base .. "/var",
+
+  log = { level = "info" },                       -- debug | info | warn | error
+
+  -- Bearer tokens. With no admin token, admin endpoints answer 403.
+  admin_token = env("SWITCHBOARD_ADMIN_TOKEN"),
+  api_token = env("SWITCHBOARD_API_TOKEN"),
+
+  -- Every *.lua directly inside these folders is loaded, in name order.
+  paths = {
+    scripts = base .. "/scripts",
+    providers = base .. "/providers",
+    rules = base .. "/rules",
+  },
+
+  http = {
+    max_body_bytes = 1048576,    -- larger bodies get 413
+    max_header_bytes = 16384,
+    idle_timeout = 60,           -- seconds a connection may sit idle or trickle
+  },
+
+  http_client = {
+    max_response_bytes = 16 * 1048576,
+    max_connections = 64,        -- idle connections kept for reuse
+  },
+
+  lua = {
+    memory_limit_mb = 64,        -- per runtime
+    cpu_ms_per_resume = 200,     -- one uninterrupted run of a handler
+    cpu_ms_per_job = 2000,       -- all runs of one handler together
+    job_timeout = 30,            -- seconds from start to end, waiting included
+  },
+
+  shutdown_grace = 10,           -- seconds SIGTERM waits for in-flight jobs
+}
