@@ -92,9 +92,26 @@ static void log_kill(struct sb_job *job)
            "job", id, "handler", job->label, NULL);
 }
 
+/* Names the innermost Lua function on the job's stack (the script that was
+ * running or waiting when the job was stopped). */
+static void find_script_position(struct sb_job *job)
+{
+    lua_Debug ar;
+    int level;
+    if (job->kill_where[0] || !job->co || job->kind == SB_JOB_LOAD)
+        return;
+    for (level = 0; level < 50 && lua_getstack(job->co, level, &ar); level++) {
+        if (lua_getinfo(job->co, "Sl", &ar) && ar.currentline > 0 && strcmp(ar.short_src, "prelude") != 0) {
+            snprintf(job->kill_where, sizeof job->kill_where, "%s:%d", ar.short_src, ar.currentline);
+            return;
+        }
+    }
+}
+
 static void finish_killed(struct sb_job *job)
 {
     struct sb_job_outcome out = { SB_JOB_FAILED, 0, 500, "script_budget_exceeded", NULL };
+    find_script_position(job);
     count_kill(job->kill_reason);
     log_kill(job);
     if (strcmp(job->kill_reason, "deadline") == 0) {
@@ -195,7 +212,6 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     if (job == running)
         return; /* the hook sees the deadline itself */
     job->kill_reason = "deadline";
-    snprintf(job->kill_where, sizeof job->kill_where, "%s (waiting)", job->label);
     if (job->waiting && job->cancel_wait)
         job->cancel_wait(job, job->wait);
     job->waiting = 0;

@@ -77,9 +77,17 @@ static void *runtime_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         return NULL;
     }
     if (nsize > old && rt->mem_enforce > 0 && rt->mem_used - old + nsize > rt->mem_limit) {
-        sb_job_note_memory_exhausted();
+        /* Lua answers a refusal with an emergency collection and asks again
+         * with the same arguments; only a second refusal means the script
+         * really holds that much. */
+        if (rt->refused_ptr == ptr && rt->refused_osize == osize && rt->refused_nsize == nsize)
+            sb_job_note_memory_exhausted();
+        rt->refused_ptr = ptr;
+        rt->refused_osize = osize;
+        rt->refused_nsize = nsize;
         return NULL;
     }
+    rt->refused_nsize = 0;
     p = realloc(ptr, nsize);
     if (p)
         rt->mem_used = rt->mem_used - old + nsize;

@@ -40,6 +40,8 @@ struct sb_runtime {
     size_t mem_used;
     size_t mem_limit;
     int mem_enforce;         /* >0 while script code runs: the cap applies */
+    void *refused_ptr;       /* the last allocation refused (see runtime_alloc) */
+    size_t refused_osize, refused_nsize;
     int loading;             /* route() and load-time timers are allowed */
     struct sb_route *routes;
     size_t nroutes, routes_cap;

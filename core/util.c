@@ -23,7 +23,8 @@ void sb_error_set(struct sb_error *err, const char *file, int line, const char *
 
 void sb_error_from_lua(struct sb_error *err, const char *msg, const char *default_file)
 {
-    /* Lua positions look like "chunkname:123: text"; the chunk name is the
+    /* Lua positions look like "chunkname:123: text" (or a bare
+     * "chunkname:123"); the chunk name is the
      * script path, which may itself contain ':' only in odd setups, so the
      * first ":<digits>: " wins. */
     const char *p;
@@ -36,9 +37,10 @@ void sb_error_from_lua(struct sb_error *err, const char *msg, const char *defaul
             continue;
         while (*d >= '0' && *d <= '9' && line < 100000000)
             line = line * 10 + (*d++ - '0');
-        if (d[0] != ':')
+        if (d[0] != ':' && d[0] != '\0')
             continue;
-        d++;
+        if (*d)
+            d++;
         while (*d == ' ')
             d++;
         size_t flen = (size_t)(p - msg);
