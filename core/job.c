@@ -194,6 +194,8 @@ static void job_resume(struct sb_job *job, int nargs)
             return;
         }
     }
+    if (status == LUA_ERRMEM && !job->kill_reason)
+        job->kill_reason = "memory";
     if (job->kill_reason)
         finish_killed(job);
     else if (status == LUA_OK) {
@@ -310,6 +312,8 @@ int sb_job_pcall_load(struct sb_runtime *rt, int nargs, int nresults, const char
     running = NULL;
     if (status == LUA_OK)
         return 0;
+    if (status == LUA_ERRMEM && !job.kill_reason)
+        job.kill_reason = "memory";
     if (job.kill_reason) {
         struct sb_error at;
         count_kill(job.kill_reason);

@@ -87,8 +87,9 @@ static void *runtime_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         rt->refused_nsize = nsize;
         return NULL;
     }
-    rt->refused_nsize = 0;
     p = realloc(ptr, nsize);
+    if (p && nsize > old)
+        rt->refused_nsize = 0; /* a growth went through: the script made progress */
     if (p)
         rt->mem_used = rt->mem_used - old + nsize;
     return p;

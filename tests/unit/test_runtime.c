@@ -1,0 +1,191 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "config.h"
+#include "fixtures.h"
+#include "metrics.h"
+#include "runtime.h"
+#include "tests.h"
+
+/* Builds a runtime over a fresh folder holding `files` (name, content pairs). */
+static struct sb_runtime *build(const char *const *files, struct sb_error *err, const char *extra_config)
+{
+    const char *dir = fixture_dir();
+    char conf[2048], path[512];
+    struct sb_config *cfg;
+    struct sb_runtime *rt;
+    size_t i;
+    for (i = 0; files[i]; i += 2)
+        fixture_write(dir, files[i], files[i + 1]);
+    snprintf(conf, sizeof conf,
+             "return { paths = { scripts = '%s/scripts', providers = '%s/providers', rules = '%s/rules' },"
+             " lua = { cpu_ms_per_resume = 50, cpu_ms_per_job = 200, memory_limit_mb = 8 }, %s }",
+             dir, dir, dir, extra_config ? extra_config : "");
+    fixture_write(dir, "conf.lua", conf);
+    snprintf(path, sizeof path, "%s/conf.lua", dir);
+    memset(err, 0, sizeof *err);
+    cfg = sb_config_load(path, NULL, err);
+    if (!cfg)
+        return NULL;
+    rt = sb_runtime_new(cfg, 1, err);
+    sb_config_unref(cfg);
+    return rt;
+}
+
+static const char *global_string(struct sb_runtime *rt, const char *name)
+{
+    static char buf[256];
+    lua_getglobal(rt->L, name);
+    snprintf(buf, sizeof buf, "%s", lua_tostring(rt->L, -1) ? lua_tostring(rt->L, -1) : "(nil)");
+    lua_pop(rt->L, 1);
+    return buf;
+}
+
+static void test_loads_in_order_and_routes(void)
+{
+    static const char *const files[] = {
+        "scripts/b.lua", "order = (order or '') .. 'b'",
+        "scripts/a.lua", "order = (order or '') .. 'a'\nfunction h() end\nroute('GET', '/x/{id}', 'h')",
+        "providers/p.lua", "order = order .. 'p'",
+        "rules/r.lua", "order = order .. 'r'",
+        "scripts/lib/skip.lua", "order = order .. 'SKIPPED'",
+        NULL,
+    };
+    struct sb_error err;
+    struct sb_runtime *rt = build(files, &err, NULL);
+    struct sb_route_match m;
+    char allow[64];
+    int known;
+    CHECK(rt != NULL);
+    if (!rt) {
+        fprintf(stderr, "  %s:%d: %s\n", err.file, err.line, err.message);
+        return;
+    }
+    CHECK_STR(global_string(rt, "order"), "abpr");
+    CHECK(rt->nroutes == 1);
+    CHECK(sb_runtime_match(rt, "GET", "/x/7", &m, &known, allow, sizeof allow) == 1);
+    CHECK(sb_runtime_match(rt, "POST", "/x/7", &m, &known, allow, sizeof allow) == 0);
+    CHECK(known == 1);
+    CHECK_STR(allow, "GET");
+    sb_runtime_unref(rt);
+}
+
+static void test_syntax_error_position(void)
+{
+    static const char *const files[] = { "scripts/bad.lua", "local a = 1\nlocal b = 2\nfunction (\n", NULL };
+    struct sb_error err;
+    CHECK(build(files, &err, NULL) == NULL);
+    CHECK(strstr(err.file, "scripts/bad.lua") != NULL);
+    CHECK(err.line == 3);
+}
+
+static void test_runtime_error_position(void)
+{
+    static const char *const files[] = { "rules/oops.lua", "local t = nil\nlocal x = t.field\n", NULL };
+    struct sb_error err;
+    CHECK(build(files, &err, NULL) == NULL);
+    CHECK(strstr(err.file, "rules/oops.lua") != NULL);
+    CHECK(err.line == 2);
+    CHECK(strstr(err.message, "index a nil value") != NULL);
+}
+
+static void test_route_checks(void)
+{
+    static const char *const missing[] = { "scripts/r.lua", "\nroute('GET', '/a', 'nope')", NULL };
+    static const char *const dup[] = { "scripts/r.lua", "function h() end\nroute('GET', '/a', 'h')\nroute('GET', '/a', 'h')", NULL };
+    static const char *const method[] = { "scripts/r.lua", "function h() end\nroute('FETCH', '/a', 'h')", NULL };
+    static const char *const dotted[] = { "scripts/r.lua", "m = { h = function() end }\nroute('*', '/a', 'm.h')", NULL };
+    struct sb_error err;
+    struct sb_runtime *rt;
+    CHECK(build(missing, &err, NULL) == NULL);
+    CHECK(err.line == 2 && strstr(err.message, "nope") != NULL);
+    CHECK(build(dup, &err, NULL) == NULL);
+    CHECK(err.line == 3 && strstr(err.message, "already registered") != NULL);
+    CHECK(build(method, &err, NULL) == NULL);
+    rt = build(dotted, &err, NULL);
+    CHECK(rt != NULL);
+    if (rt)
+        sb_runtime_unref(rt);
+}
+
+static void test_sandbox(void)
+{
+    static const char *const files[] = {
+        "scripts/s.lua",
+        "r_io = type(io)\n"
+        "r_exec = type(os.execute)\n"
+        "r_exit = type(os.exit)\n"
+        "r_loadfile = type(loadfile)\n"
+        "r_dofile = type(dofile)\n"
+        "r_debug = type(debug)\n"
+        "r_time = type(os.time)\n"
+        "r_binary = tostring(select(2, load(string.dump(function() end))))\n"
+        "r_req_bad = tostring(select(2, pcall(require, 'os')))\n"
+        "r_req_up = tostring(select(2, pcall(require, '..secret')))\n"
+        "r_req_ok = require('lib.helper').name\n"
+        "r_req_same = tostring(require('lib.helper') == require('lib.helper'))\n"
+        "r_cfg_write = tostring(pcall(function() config.listen = 'x' end))\n"
+        "r_cfg_read = config.paths.scripts ~= nil and 'yes' or 'no'\n"
+        "r_json = json.encode({a = {1, 2}, b = json.null})\n",
+        "scripts/lib/helper.lua", "return { name = 'helper' }",
+        NULL,
+    };
+    struct sb_error err;
+    struct sb_runtime *rt = build(files, &err, NULL);
+    CHECK(rt != NULL);
+    if (!rt) {
+        fprintf(stderr, "  %s:%d: %s\n", err.file, err.line, err.message);
+        return;
+    }
+    CHECK_STR(global_string(rt, "r_io"), "nil");
+    CHECK_STR(global_string(rt, "r_exec"), "nil");
+    CHECK_STR(global_string(rt, "r_exit"), "nil");
+    CHECK_STR(global_string(rt, "r_loadfile"), "nil");
+    CHECK_STR(global_string(rt, "r_dofile"), "nil");
+    CHECK_STR(global_string(rt, "r_debug"), "nil");
+    CHECK_STR(global_string(rt, "r_time"), "function");
+    CHECK(strstr(global_string(rt, "r_binary"), "binary") != NULL);
+    CHECK(strstr(global_string(rt, "r_req_bad"), "not found") != NULL);
+    CHECK(strstr(global_string(rt, "r_req_up"), "bad module name") != NULL);
+    CHECK_STR(global_string(rt, "r_req_ok"), "helper");
+    CHECK_STR(global_string(rt, "r_req_same"), "true");
+    CHECK_STR(global_string(rt, "r_cfg_write"), "false");
+    CHECK_STR(global_string(rt, "r_cfg_read"), "yes");
+    CHECK(strstr(global_string(rt, "r_json"), "\"a\":[1,2]") != NULL);
+    CHECK(strstr(global_string(rt, "r_json"), "\"b\":null") != NULL);
+    sb_runtime_unref(rt);
+}
+
+static void test_load_budgets(void)
+{
+    static const char *const spin[] = { "scripts/spin.lua", "local n = 0\nwhile true do pcall(function() while true do n = n + 1 end end) end", NULL };
+    static const char *const bomb[] = { "scripts/bomb.lua", "local t = {}\nwhile true do t[#t + 1] = string.rep('x', 4096) .. #t end", NULL };
+    static const char *const wait[] = { "scripts/wait.lua", "sleep(1)", NULL };
+    struct sb_error err;
+    unsigned long long cpu = sb_counters.kills_cpu, mem = sb_counters.kills_memory;
+    CHECK(build(spin, &err, NULL) == NULL);
+    CHECK(strstr(err.message, "cpu budget") != NULL);
+    CHECK(strstr(err.file, "spin.lua") != NULL && err.line == 2);
+    CHECK(sb_counters.kills_cpu == cpu + 1);
+    CHECK(build(bomb, &err, NULL) == NULL);
+    if (!strstr(err.message, "memory budget"))
+        fprintf(stderr, "  bomb: %s:%d: %s\n", err.file, err.line, err.message);
+    CHECK(strstr(err.message, "memory budget") != NULL);
+    CHECK(sb_counters.kills_memory == mem + 1);
+    CHECK(build(wait, &err, NULL) == NULL);
+    CHECK(strstr(err.message, "load time") != NULL);
+}
+
+const struct test_case runtime_tests[] = {
+    { "runtime: load order, subfolders skipped, routes", test_loads_in_order_and_routes },
+    { "runtime: syntax error names file and line", test_syntax_error_position },
+    { "runtime: top-level error names file and line", test_runtime_error_position },
+    { "runtime: route checks at load", test_route_checks },
+    { "runtime: sandbox, require, config view, json", test_sandbox },
+    { "runtime: budgets stop runaway top levels", test_load_budgets },
+    { NULL, NULL },
+};

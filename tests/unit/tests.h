@@ -1,0 +1,9 @@
+#ifndef SB_TESTS_H
+#define SB_TESTS_H
+#include "harness.h"
+extern const struct test_case util_tests[];
+extern const struct test_case route_tests[];
+extern const struct test_case kv_tests[];
+extern const struct test_case config_tests[];
+extern const struct test_case runtime_tests[];
+#endif
