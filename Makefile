@@ -56,6 +56,10 @@ $(BUILD)/prelude_lua.h: core/prelude.lua
 
 $(BUILD)/runtime.o: $(BUILD)/prelude_lua.h
 
+$(BUILD)/bench_bare: tests/bench/bare_server.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(LDLIBS_ALL)
+
 $(BUILD)/unit_tests: $(CORE_OBJS) $(UNIT_OBJS)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LDLIBS_ALL)
 

@@ -1,0 +1,8 @@
+-- Benchmark config: the echo route only, info logs off.
+local here = env("SWITCHBOARD_BENCH_DIR") or "tests/bench"
+return {
+  listen = "127.0.0.1:0",
+  data_dir = env("SWITCHBOARD_BENCH_DATA") or "/tmp/switchboard-bench",
+  log = { level = "warn" },
+  paths = { scripts = here .. "/scripts", providers = here .. "/none", rules = here .. "/none" },
+}
