@@ -25,10 +25,17 @@ static struct sb_job *running;
 size_t sb_jobs_in_flight(void) { return jobs_live; }
 struct sb_job *sb_job_running(void) { return running; }
 
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
 void sb_job_note_memory_exhausted(void)
 {
-    if (running && !running->kill_reason)
+    if (running && !running->kill_reason) {
         running->kill_reason = "memory";
+        /* Stop at the very next instruction, before a pcall that caught the
+         * memory error lets the handler return. lua_sethook only sets
+         * fields, so it is safe from inside the allocator. */
+        lua_sethook(running->co, budget_hook, LUA_MASKCOUNT, 1);
+    }
 }
 
 static void budget_hook(lua_State *L, lua_Debug *ar)

@@ -55,22 +55,25 @@ static void usage(FILE *f)
 
 /* Builds config and runtime for the next generation without touching the
  * running ones. */
-static struct sb_runtime *build(unsigned gen, struct sb_error *err)
+static struct sb_runtime *build(unsigned gen, struct sb_error *err, sb_error_report_fn report_all)
 {
     struct sb_config *cfg = sb_config_load(config_path, &overrides, err);
     struct sb_runtime *rt;
-    if (!cfg)
+    if (!cfg) {
+        if (report_all)
+            report_all(err);
         return NULL;
-    rt = sb_runtime_new(cfg, gen, err);
+    }
+    rt = sb_runtime_new(cfg, gen, err, report_all);
     sb_config_unref(cfg);  /* the runtime holds its own reference */
     return rt;
 }
 
-static void log_reload_failure(const struct sb_error *err)
+static void log_load_failure(const char *what, const struct sb_error *err)
 {
     char line[16];
     snprintf(line, sizeof line, "%d", err->line);
-    sb_log(SB_LOG_ERROR, "reload failed", "file", err->file, "line", line, "error", err->message, NULL);
+    sb_log(SB_LOG_ERROR, what, "file", err->file, "line", line, "error", err->message, NULL);
 }
 
 /* The reload sequence: build and check the new runtime fully; only then
@@ -80,10 +83,10 @@ static unsigned reload(struct sb_error *err)
 {
     struct sb_runtime *rt, *old = sb_runtime_current();
     char gen_s[16];
-    rt = build(generation + 1, err);
+    rt = build(generation + 1, err, NULL);
     if (!rt) {
         sb_counters.reloads_failed++;
-        log_reload_failure(err);
+        log_load_failure("reload failed", err);
         return 0;
     }
     if (strcmp(rt->cfg->listen_host, old->cfg->listen_host) != 0 || rt->cfg->listen_port != old->cfg->listen_port)
@@ -165,6 +168,14 @@ static int ensure_dir(const char *path)
     return mkdir(path, 0750);
 }
 
+static void print_check_error(const struct sb_error *err)
+{
+    if (err->line > 0)
+        fprintf(stderr, "%s:%d: %s\n", err->file, err->line, err->message);
+    else
+        fprintf(stderr, "%s: %s\n", err->file[0] ? err->file : config_path, err->message);
+}
+
 static int run_check(void)
 {
     struct sb_error err;
@@ -172,12 +183,8 @@ static int run_check(void)
     sb_base = event_base_new();
     sb_log_set_level(SB_LOG_WARN);
     memset(&err, 0, sizeof err);
-    rt = build(1, &err);
+    rt = build(1, &err, print_check_error);
     if (!rt) {
-        if (err.line > 0)
-            fprintf(stderr, "%s:%d: %s\n", err.file, err.line, err.message);
-        else
-            fprintf(stderr, "%s: %s\n", err.file[0] ? err.file : config_path, err.message);
         sb_timers_free_all();
         event_base_free(sb_base);
         return 1;
@@ -263,9 +270,9 @@ int main(int argc, char **argv)
         goto out;
     }
     generation = 1;
-    rt = build(generation, &err);
+    rt = build(generation, &err, NULL);
     if (!rt) {
-        log_reload_failure(&err);
+        log_load_failure("load failed", &err);
         goto out;
     }
     sb_runtime_swap(rt);

@@ -445,6 +445,17 @@ static int list_scripts(const char *dir, char ***out, struct sb_error *err)
     return n;
 }
 
+/* Records a load error. Returns 1 if loading should stop here. */
+static int load_error(struct sb_runtime *rt, struct sb_error *err, const struct sb_error *e)
+{
+    if (rt->load_errors++ == 0 && err != e)
+        *err = *e;
+    if (!rt->report_all)
+        return 1;
+    rt->report_all(e);
+    return 0;
+}
+
 static int load_dir(struct sb_runtime *rt, const char *dir, struct sb_error *err)
 {
     lua_State *L = rt->L;
@@ -456,18 +467,21 @@ static int load_dir(struct sb_runtime *rt, const char *dir, struct sb_error *err
     for (i = 0; i < n && rc == 0; i++) {
         char path[1024], modname[256];
         size_t ml = strlen(names[i]) - 4;
+        struct sb_error e;
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
         if (load_script_chunk(L, path, path) != LUA_OK) {
-            sb_error_from_lua(err, lua_tostring(L, -1), path);
+            sb_error_from_lua(&e, lua_tostring(L, -1), path);
             lua_pop(L, 1);
-            rc = -1;
-            break;
+            if (load_error(rt, err, &e))
+                rc = -1;
+            continue;
         }
         snprintf(modname, sizeof modname, "%.*s", (int)ml, names[i]);
         lua_pushstring(L, modname);
-        if (sb_job_pcall_load(rt, 1, 1, path, err) != 0) {
-            rc = -1;
-            break;
+        if (sb_job_pcall_load(rt, 1, 1, path, &e) != 0) {
+            if (load_error(rt, err, &e))
+                rc = -1;
+            continue;
         }
         /* A top-level script is also its own module: require("name") returns
          * what it returned without running it twice. */
@@ -518,18 +532,19 @@ static int check_routes(struct sb_runtime *rt, struct sb_error *err)
         lua_getfield(L, -1, "resolve");
         lua_pushstring(L, rt->routes[i].handler);
         if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TFUNCTION) {
-            struct sb_error where;
+            struct sb_error where, e;
             sb_error_from_lua(&where, rt->routes[i].where, rt->routes[i].where);
-            sb_error_set(err, where.file, where.line, "route %s %s: handler '%s' is not a function",
+            sb_error_set(&e, where.file, where.line, "route %s %s: handler '%s' is not a function",
                          rt->routes[i].method, rt->routes[i].pattern, rt->routes[i].handler);
-            ok = 0;
+            ok = !load_error(rt, err, &e);
         }
         lua_pop(L, 2);
     }
-    return ok ? 0 : -1;
+    return ok && rt->load_errors == 0 ? 0 : -1;
 }
 
-struct sb_runtime *sb_runtime_new(struct sb_config *cfg, unsigned generation, struct sb_error *err)
+struct sb_runtime *sb_runtime_new(struct sb_config *cfg, unsigned generation, struct sb_error *err,
+                                  sb_error_report_fn report_all)
 {
     struct sb_runtime *rt = sb_xcalloc(1, sizeof *rt);
     lua_State *L;
@@ -540,6 +555,7 @@ struct sb_runtime *sb_runtime_new(struct sb_config *cfg, unsigned generation, st
     rt->cfg = cfg;
     sb_config_ref(cfg);
     rt->mem_limit = cfg->lua_memory_limit;
+    rt->report_all = report_all;
     rt->engine_ref = rt->http_error_mt_ref = LUA_NOREF;
     rt->json_encode_ref = rt->json_decode_ref = rt->config_ref = LUA_NOREF;
     live_runtimes++;
@@ -563,7 +579,7 @@ struct sb_runtime *sb_runtime_new(struct sb_config *cfg, unsigned generation, st
             goto fail;
     }
     rt->loading = 0;
-    if (check_routes(rt, err))
+    if (check_routes(rt, err) || rt->load_errors)
         goto fail;
     lua_settop(L, 0);
     lua_gc(L, LUA_GCCOLLECT);

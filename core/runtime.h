@@ -32,6 +32,9 @@ struct sb_route_match {
     size_t value_lens[SB_ROUTE_MAX_PARAMS];
 };
 
+/* Receives every load error when a build is asked to keep going (--check). */
+typedef void (*sb_error_report_fn)(const struct sb_error *err);
+
 struct sb_runtime {
     struct lua_State *L;
     unsigned generation;
@@ -49,10 +52,15 @@ struct sb_runtime {
     int http_error_mt_ref;   /* registry ref: metatable marking http_error() objects */
     int json_encode_ref, json_decode_ref;
     int config_ref;          /* registry ref: the read-only config view */
+    sb_error_report_fn report_all;
+    int load_errors;
 };
 
-/* Builds and checks a runtime. NULL with err naming file and line on failure. */
-struct sb_runtime *sb_runtime_new(struct sb_config *cfg, unsigned generation, struct sb_error *err);
+/* Builds and checks a runtime. NULL with err naming file and line on
+ * failure (the first error). With report_all set, loading goes on after an
+ * error so that each one is reported; the build still fails. */
+struct sb_runtime *sb_runtime_new(struct sb_config *cfg, unsigned generation, struct sb_error *err,
+                                  sb_error_report_fn report_all);
 void sb_runtime_ref(struct sb_runtime *rt);
 void sb_runtime_unref(struct sb_runtime *rt);
 

@@ -30,7 +30,7 @@ route("GET", "/teapot", "teapot")
 
 @pytest.fixture
 def echo_daemon(daemon):
-    daemon.write_config(http={"max_body_bytes": 1000})
+    daemon.write_config(http={"max_body_bytes": 2048})
     daemon.write_script("scripts/echo.lua", ECHO_SCRIPT)
     daemon.start()
     return daemon
@@ -138,13 +138,13 @@ def test_wrong_method_on_builtin_is_405_with_allow(echo_daemon):
 def test_body_over_limit_is_413_payload_too_large(echo_daemon):
     d = echo_daemon
     # exactly at the limit is accepted
-    ok = d.post("/upload", body=b"x" * 1000, headers={"Content-Type": "application/octet-stream"})
+    ok = d.post("/upload", body=b"x" * 2048, headers={"Content-Type": "application/octet-stream"})
     assert ok.status == 200, ok
-    assert ok.json() == {"size": 1000}
+    assert ok.json() == {"size": 2048}
     # one byte over is refused
-    resp = d.post("/upload", body=b"x" * 1001, headers={"Content-Type": "application/octet-stream"})
+    resp = d.post("/upload", body=b"x" * 2049, headers={"Content-Type": "application/octet-stream"})
     assert_json_error(resp, 413, "payload_too_large")
-    resp = d.post("/upload", body=b"y" * 5000)
+    resp = d.post("/upload", body=b"y" * 10000)
     assert_json_error(resp, 413, "payload_too_large")
     assert d.health()["status"] == "ok"
 

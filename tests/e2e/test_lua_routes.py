@@ -609,3 +609,17 @@ def test_require_only_finds_script_folder_modules(daemon):
     """)
     daemon.start()
     assert daemon.get("/r").json() == {"good": "good loaded", "evil": False, "missing": False}
+
+
+def test_route_outside_load_time_is_an_error(daemon):
+    daemon.write_script("scripts/late.lua", """
+        function late(req) return 200, "late" end
+        function register(req)
+          route("GET", "/late", "late")
+          return 200, "registered"
+        end
+        route("POST", "/register", "register")
+    """)
+    daemon.start()
+    assert_json_error(daemon.post("/register", body=""), 500, "script_error")
+    assert_json_error(daemon.get("/late"), 404, "not_found")

@@ -114,6 +114,7 @@ def timer_script(version: str) -> str:
 timer.every(0.1, "top_tick", {{}})
 function top_tick(data, id)
   state.set("top_tick_version", "{version}")
+  state.set("top_count", (state.get("top_count") or 0) + 1)
 end
 -- a timer created in a handler survives reloads; its handler is looked up
 -- by name in whatever runtime is current when it fires
@@ -124,7 +125,8 @@ function start(req)
   return 200, {{id = timer.every(0.1, "tick", {{}})}}
 end
 function show(req)
-  return 200, {{tick = state.get("tick_version"), top = state.get("top_tick_version")}}
+  return 200, {{tick = state.get("tick_version"), top = state.get("top_tick_version"),
+                top_count = state.get("top_count") or 0}}
 end
 route("POST", "/start", "start")
 route("GET", "/show", "show")
@@ -300,3 +302,19 @@ def test_reloads_while_requests_are_in_flight(v1_daemon):
     assert not bad_bodies, bad_bodies[:10]
     assert d.generation() == 7
     assert d.metric("switchboard_reloads_total", result="ok") == 6
+
+
+def test_failed_reload_keeps_old_top_level_timers(daemon):
+    daemon.write_script("scripts/timers.lua", timer_script("v1"))
+    daemon.start()
+    wait_until(lambda: daemon.get("/show").json()["top"] == "v1", timeout=10, message="top-level timer v1")
+    daemon.write_script("scripts/timers.lua", timer_script("v2"))
+    daemon.write_script("scripts/zz_bad.lua", SYNTAX_ERROR, raw=True)
+    assert_json_error(daemon.reload(), 422, "reload_failed")
+    assert daemon.generation() == 1
+    assert daemon.metric("switchboard_timers_pending") == 1
+    # the old top-level timer keeps firing, and the failed load's did not start
+    count = daemon.get("/show").json()["top_count"]
+    wait_until(lambda: daemon.get("/show").json()["top_count"] >= count + 3, timeout=10,
+               message="old top-level timer to keep firing after a failed reload")
+    assert daemon.get("/show").json()["top"] == "v1"

@@ -31,7 +31,7 @@ static struct sb_runtime *build(const char *const *files, struct sb_error *err, 
     cfg = sb_config_load(path, NULL, err);
     if (!cfg)
         return NULL;
-    rt = sb_runtime_new(cfg, 1, err);
+    rt = sb_runtime_new(cfg, 1, err, NULL);
     sb_config_unref(cfg);
     return rt;
 }
