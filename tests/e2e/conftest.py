@@ -560,12 +560,20 @@ def daemon(tmp_path, request):
     """
     d = Daemon(tmp_path)
     yield d
-    if d.proc is not None:
-        d.stop(signal.SIGTERM, timeout=STOP_TIMEOUT)
+    still_running = d.proc is not None and d.proc.poll() is None
+    code = d.stop(signal.SIGTERM, timeout=STOP_TIMEOUT) if d.proc is not None else None
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
         print(f"---- daemon stderr ({d.stderr_path}) tail ----")
         print(d.log_text()[-6000:])
+    if d.proc is not None:
+        # Under `make sanitize` a memory error or a leak shows up here: the
+        # sanitizers print a report and make the exit code non-zero.
+        text = d.log_text()
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            assert marker not in text, f"sanitizer report in daemon stderr:\n{text[-6000:]}"
+        if still_running:
+            assert code == 0, f"daemon exited with {code} on SIGTERM at teardown"
 
 
 @pytest.fixture
