@@ -2,6 +2,7 @@
 # `make run` and `make test` install missing Debian packages first.
 
 PREFIX  ?= /usr/local
+LOCALSTATEDIR ?= /var
 DESTDIR ?=
 BUILD   ?= build
 PYTHON  ?= /usr/bin/python3
@@ -108,7 +109,8 @@ install: all
 	  install -d $(DESTDIR)$(PREFIX)/share/switchboard/$$d; \
 	  (cd $$d && find . -name '*.lua' -exec install -D -m 0644 {} $(DESTDIR)$(PREFIX)/share/switchboard/$$d/{} \;); \
 	done
-	sed -e 's|^local base = .*|local base = "$(PREFIX)/share/switchboard"|' examples/switchboard.conf.lua \
+	sed -e 's|^local base = .*|local base = "$(PREFIX)/share/switchboard"|' \
+	    -e 's|^local data = .*|local data = "$(LOCALSTATEDIR)/lib/switchboard"|' examples/switchboard.conf.lua \
 	    > $(DESTDIR)$(PREFIX)/share/switchboard/examples/switchboard.conf.lua
 
 clean:

@@ -1,11 +1,13 @@
 -- Switchboard example configuration: works out of the box on loopback.
 -- Relative paths are relative to the directory the daemon is started from
--- (`make install` rewrites `base` to the installed share folder).
+-- (`make install` rewrites `base` to the installed share folder and `data`
+-- to $(LOCALSTATEDIR)/lib/switchboard).
 local base = "."
+local data = base .. "/var"
 
 return {
   listen = "127.0.0.1:8080",
-  data_dir = base .. "/var",
+  data_dir = data,
 
   log = { level = "info" },                       -- debug | info | warn | error
 
