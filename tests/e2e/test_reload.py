@@ -318,3 +318,24 @@ def test_failed_reload_keeps_old_top_level_timers(daemon):
     wait_until(lambda: daemon.get("/show").json()["top_count"] >= count + 3, timeout=10,
                message="old top-level timer to keep firing after a failed reload")
     assert daemon.get("/show").json()["top"] == "v1"
+
+
+def test_job_in_flight_finishes_on_its_runtime_which_then_closes(v1_daemon):
+    """A request waiting when a reload happens is answered by the code it
+    started on; the retired runtime lives exactly as long as that job."""
+    d = v1_daemon
+    d.write_script("scripts/version.lua", version_script("v1").replace("sleep(0.2)", "sleep(1.5)"))
+    assert d.reload().status == 200
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("resp", d.get("/slow")))
+    t.start()
+    wait_until(lambda: d.metric("switchboard_jobs_in_flight") == 1, message="slow job in flight")
+    d.write_script("scripts/version.lua", version_script("v2"))
+    assert d.reload().status == 200
+    assert d.get("/v").text == "v2"
+    # the old generation is retired but still alive for its job
+    assert d.metric("switchboard_runtimes_live") == 2
+    t.join(10)
+    assert result["resp"].status == 200
+    assert result["resp"].text == "v1"
+    wait_until(lambda: d.metric("switchboard_runtimes_live") == 1, message="retired runtime closed")
