@@ -23,7 +23,7 @@ LDLIBS_ALL  = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm $(LDLIBS)
 LDFLAGS_ALL = $(SAN) $(LDFLAGS)
 
 CORE_SRCS = core/util.c core/log.c core/metrics.c core/config.c core/runtime.c core/job.c \
-            core/bind_core.c core/bind_http.c core/timer.c core/kvstate.c core/server.c
+            core/bind_core.c core/bind_http.c core/httpclient.c core/timer.c core/kvstate.c core/server.c
 MAIN_SRC  = core/main.c
 CORE_OBJS = $(CORE_SRCS:core/%.c=$(BUILD)/%.o)
 MAIN_OBJ  = $(BUILD)/main.o
