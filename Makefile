@@ -7,6 +7,7 @@ DESTDIR ?=
 BUILD   ?= build
 PYTHON  ?= /usr/bin/python3
 PKGS     = lua5.4 lua5.4-cjson libevent libcurl sqlite3
+THREADS  = -pthread
 
 # Debian packages the build, the tests and the benchmark need.
 DEB_PACKAGES = gcc make pkg-config liblua5.4-dev lua-cjson-dev libevent-dev \
@@ -17,13 +18,14 @@ WARN     = -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wcast-align -Wstrict-
            -Wmissing-prototypes -Wno-unused-parameter
 OPT     ?= -O2 -g
 SAN     ?=
-CFLAGS_ALL  = -std=gnu11 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) -MMD -MP -I$(BUILD) -Icore \
+CFLAGS_ALL  = -std=gnu11 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) $(THREADS) -MMD -MP -I$(BUILD) -Icore \
               $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
 LDLIBS_ALL  = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm $(LDLIBS)
-LDFLAGS_ALL = $(SAN) $(LDFLAGS)
+LDFLAGS_ALL = $(SAN) $(THREADS) $(LDFLAGS)
 
 CORE_SRCS = core/util.c core/log.c core/metrics.c core/config.c core/runtime.c core/job.c \
-            core/bind_core.c core/bind_http.c core/httpclient.c core/timer.c core/kvstate.c core/server.c
+            core/bind_core.c core/bind_http.c core/httpclient.c core/timer.c core/kvstate.c \
+            core/server.c core/store_sqlite.c core/conv.c core/bind_conv.c core/outbox.c core/bind_outbox.c
 MAIN_SRC  = core/main.c
 CORE_OBJS = $(CORE_SRCS:core/%.c=$(BUILD)/%.o)
 MAIN_OBJ  = $(BUILD)/main.o

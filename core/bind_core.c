@@ -171,6 +171,16 @@ static int http_error_tostring(lua_State *L)
     return 1;
 }
 
+/* secure_equal(given, expected): constant-time comparison of secrets */
+static int secure_equal_binding(lua_State *L)
+{
+    size_t gl, el;
+    const char *g = luaL_optlstring(L, 1, "", &gl);
+    const char *e = luaL_optlstring(L, 2, "", &el);
+    lua_pushboolean(L, sb_secret_equal(g, gl, e, el));
+    return 1;
+}
+
 void sb_json_encode_at(lua_State *L, int idx)
 {
     struct sb_runtime *rt = sb_runtime_of(L);
@@ -256,7 +266,12 @@ void sb_bindings_open(struct sb_runtime *rt)
     rt->config_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_setglobal(L, "config");
 
+    lua_pushcfunction(L, secure_equal_binding);
+    lua_setglobal(L, "secure_equal");
+
     sb_bind_http_open(L);
     sb_bind_timer_open(L);
     sb_bind_state_open(L);
+    sb_bind_conv_open(L);
+    sb_bind_outbox_open(L);
 }

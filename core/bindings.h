@@ -8,12 +8,15 @@ struct sb_runtime;
 struct lua_State;
 
 /* Registers every binding as globals of rt->L (log, json, now, sleep,
- * config, route, http_error, http, timer, state). */
+ * config, route, http_error, secure_equal, http, timer, state,
+ * conversations, outbox). */
 void sb_bindings_open(struct sb_runtime *rt);
 
 void sb_bind_http_open(struct lua_State *L);   /* bind_http.c */
 void sb_bind_timer_open(struct lua_State *L);  /* timer.c */
 void sb_bind_state_open(struct lua_State *L);  /* kvstate.c */
+void sb_bind_conv_open(struct lua_State *L);   /* bind_conv.c */
+void sb_bind_outbox_open(struct lua_State *L); /* bind_outbox.c */
 
 /* json.encode of the value at idx using the runtime's cjson instance.
  * Stack: [-0, +1] (the encoded string). Raises on unencodable values. */

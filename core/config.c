@@ -152,6 +152,69 @@ static int parse_table(lua_State *L, struct sb_config *cfg, const struct sb_over
         get_string(L, sub, "providers", "providers", &cfg->dirs[SB_DIR_PROVIDERS], err, file, "paths.") ||
         get_string(L, sub, "rules", "rules", &cfg->dirs[SB_DIR_RULES], err, file, "paths."))
         goto done;
+    {
+        int type = lua_getfield(L, sub, "modules");
+        if (type == LUA_TTABLE) {
+            lua_Integer i, n = (lua_Integer)lua_rawlen(L, -1);
+            if (n > 16) {
+                sb_error_set(err, file, 0, "config: paths.modules lists more than 16 folders");
+                goto done;
+            }
+            cfg->module_dirs = sb_xcalloc((size_t)n + 1, sizeof *cfg->module_dirs);
+            for (i = 1; i <= n; i++) {
+                if (lua_rawgeti(L, -1, i) != LUA_TSTRING) {
+                    sb_error_set(err, file, 0, "config: paths.modules must be a list of folder names");
+                    goto done;
+                }
+                cfg->module_dirs[cfg->nmodule_dirs++] = sb_xstrdup(lua_tostring(L, -1));
+                lua_pop(L, 1);
+            }
+        } else if (type != LUA_TNIL) {
+            sb_error_set(err, file, 0, "config: paths.modules must be a list of folder names");
+            goto done;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+
+    if (want_table(L, root, "store", err, file))
+        goto done;
+    sub = lua_gettop(L);
+    if (get_string(L, sub, "sync", "full", &cfg->store_sync, err, file, "store."))
+        goto done;
+    if (strcmp(cfg->store_sync, "full") && strcmp(cfg->store_sync, "normal") && strcmp(cfg->store_sync, "off")) {
+        sb_error_set(err, file, 0, "config: store.sync must be full, normal or off");
+        goto done;
+    }
+    lua_pop(L, 1);
+
+    if (want_table(L, root, "conversations", err, file))
+        goto done;
+    sub = lua_gettop(L);
+    if (get_number(L, sub, "recent_messages", 50, 1, 1000, &d, err, file, "conversations."))
+        goto done;
+    cfg->recent_messages = (int)d;
+    if (get_number(L, sub, "dedupe_window", 86400, 1, 86400 * 365, &cfg->dedupe_window, err, file, "conversations."))
+        goto done;
+    if (get_number(L, sub, "max_text_bytes", 4096, 1, 1 << 20, &d, err, file, "conversations."))
+        goto done;
+    cfg->max_text_bytes = (long)d;
+    lua_pop(L, 1);
+
+    if (want_table(L, root, "outbox", err, file))
+        goto done;
+    sub = lua_gettop(L);
+    if (get_number(L, sub, "max_attempts", 10, 1, 1000, &d, err, file, "outbox."))
+        goto done;
+    cfg->outbox_max_attempts = (int)d;
+    if (get_number(L, sub, "max_age", 86400, 1, 86400 * 365, &cfg->outbox_max_age, err, file, "outbox.") ||
+        get_number(L, sub, "backoff_base", 1, 0.001, 3600, &cfg->outbox_backoff_base, err, file, "outbox.") ||
+        get_number(L, sub, "backoff_max", 300, 0.001, 86400, &cfg->outbox_backoff_max, err, file, "outbox.") ||
+        get_number(L, sub, "timeout", 30, 0.01, 3600, &cfg->outbox_timeout, err, file, "outbox."))
+        goto done;
+    if (get_number(L, sub, "concurrency", 64, 1, 10000, &d, err, file, "outbox."))
+        goto done;
+    cfg->outbox_concurrency = (int)d;
     lua_pop(L, 1);
 
     if (want_table(L, root, "http", err, file))
@@ -278,6 +341,10 @@ void sb_config_unref(struct sb_config *cfg)
     free(cfg->api_token);
     for (i = 0; i < SB_DIR_COUNT; i++)
         free(cfg->dirs[i]);
+    for (i = 0; i < cfg->nmodule_dirs; i++)
+        free(cfg->module_dirs[i]);
+    free(cfg->module_dirs);
+    free(cfg->store_sync);
     free(cfg);
 }
 

@@ -33,6 +33,15 @@ struct sb_config {
     double shutdown_grace;          /* seconds */
     long http_client_max_response;  /* bytes */
     int http_client_max_connections;
+    char **module_dirs;             /* extra folders `require` searches (paths.modules) */
+    int nmodule_dirs;
+    char *store_sync;               /* "full" | "normal" | "off" */
+    int recent_messages;
+    double dedupe_window;
+    long max_text_bytes;
+    int outbox_max_attempts;
+    double outbox_max_age, outbox_backoff_base, outbox_backoff_max, outbox_timeout;
+    int outbox_concurrency;
     struct lua_State *L;            /* owns the config table (registry ref table_ref) */
     int table_ref;
 };

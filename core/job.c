@@ -27,6 +27,12 @@ struct sb_job *sb_job_running(void) { return running; }
 
 static void budget_hook(lua_State *L, lua_Debug *ar);
 
+void sb_job_note_write(uint64_t seq)
+{
+    if (running && seq > running->write_seq)
+        running->write_seq = seq;
+}
+
 void sb_job_note_memory_exhausted(void)
 {
     if (running && !running->kill_reason) {
@@ -63,6 +69,14 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     }
 }
 
+static void job_release(struct sb_job *job)
+{
+    if (job->co_ref != LUA_NOREF)
+        luaL_unref(job->rt->L, LUA_REGISTRYINDEX, job->co_ref);
+    sb_runtime_unref(job->rt);
+    free(job);
+}
+
 static void job_unlink_and_free(struct sb_job *job)
 {
     if (job->prev)
@@ -71,13 +85,28 @@ static void job_unlink_and_free(struct sb_job *job)
         jobs = job->next;
     if (job->next)
         job->next->prev = job->prev;
+    job->prev = job->next = NULL;
     jobs_live--;
     if (job->deadline_ev)
         event_free(job->deadline_ev);
-    if (job->co_ref != LUA_NOREF)
-        luaL_unref(job->rt->L, LUA_REGISTRYINDEX, job->co_ref);
-    sb_runtime_unref(job->rt);
-    free(job);
+    job->deadline_ev = NULL;
+    if (job->pinned > 0) {
+        job->zombie = 1;
+        return;
+    }
+    job_release(job);
+}
+
+void sb_job_pin(struct sb_job *job) { job->pinned++; }
+
+int sb_job_unpin(struct sb_job *job)
+{
+    job->pinned--;
+    if (!job->zombie)
+        return 0;
+    if (job->pinned == 0)
+        job_release(job);
+    return 1;
 }
 
 static void count_kill(const char *reason)

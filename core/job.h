@@ -59,6 +59,9 @@ struct sb_job {
     struct event *deadline_ev;
     sb_job_done_fn on_done;
     void *owner;                  /* e.g. the evhttp_request of an HTTP job */
+    uint64_t write_seq;           /* store batch of the job's last write (0: none) */
+    int pinned;                   /* answers still owed to this job by other threads */
+    int zombie;                   /* ended while pinned: freed when the last pin goes */
     struct sb_job *prev, *next;
 };
 
@@ -78,6 +81,17 @@ void sb_job_wait(struct sb_job *job, sb_job_cancel_fn cancel, void *wait);
  * call from inside the coroutine or a library callback that must not
  * re-enter (collect first, wake after). The job may be freed on return. */
 void sb_job_wake(struct sb_job *job, int nargs);
+
+/* Records that the running job (if any) wrote to store batch seq: an HTTP
+ * job is answered only once that batch is committed. */
+void sb_job_note_write(uint64_t seq);
+
+/* A pin keeps the job's memory alive for an answer that cannot be
+ * cancelled (a store read on the store thread). sb_job_unpin returns 1 if
+ * the job already ended (and is freed now if that was the last pin): the
+ * caller then drops the answer. */
+void sb_job_pin(struct sb_job *job);
+int sb_job_unpin(struct sb_job *job);
 
 /* Called by the runtime allocator when it refuses memory. */
 void sb_job_note_memory_exhausted(void);

@@ -8,6 +8,8 @@
 #include <lua.h>
 
 #include "bindings.h"
+#include "job.h"
+#include "store.h"
 #include "util.h"
 
 #define KV_KEY_MAX 512
@@ -44,8 +46,16 @@ static struct kv_entry *lookup(const char *key)
     return found ? *found : NULL;
 }
 
+static void persist_delete(const char *key)
+{
+    struct store_op *op = store_op_new(STORE_KV_DELETE);
+    store_op_str(op, key);
+    sb_job_note_write(store_submit(op));
+}
+
 static void remove_entry(struct kv_entry *e)
 {
+    persist_delete(e->key);
     tdelete(e, &tree, by_key);
     count--;
     entry_free(e);
@@ -67,6 +77,37 @@ void sb_kv_set(const char *key, const char *json, size_t json_len, double ttl)
     e->json[json_len] = '\0';
     e->json_len = json_len;
     e->expires = ttl > 0 ? sb_now_wall() + ttl : 0;
+    {
+        struct store_op *op = store_op_new(STORE_KV_PUT);
+        store_op_str(op, key);
+        store_op_text(op, json, json_len);
+        if (e->expires)
+            store_op_real(op, e->expires);
+        else
+            store_op_null(op);
+        sb_job_note_write(store_submit(op));
+    }
+}
+
+static void load_row(void *arg, const struct store_row *r)
+{
+    struct kv_entry *e;
+    double expires = r->text[2] ? r->num[2] : 0;
+    (void)arg;
+    if (expires && expires <= sb_now_wall())
+        return;
+    e = sb_xcalloc(1, sizeof *e);
+    e->key = sb_xstrdup(r->text[0]);
+    e->json = sb_xstrdup(r->text[1]);
+    e->json_len = strlen(e->json);
+    e->expires = expires;
+    tsearch(e, &tree, by_key);
+    count++;
+}
+
+int sb_kv_load(void)
+{
+    return store_load_kv(load_row, NULL);
 }
 
 const char *sb_kv_get(const char *key, size_t *len)
@@ -127,6 +168,7 @@ size_t sb_kv_count(void) { return count; }
 
 void sb_kv_free_all(void)
 {
+    /* memory only: what is stored stays stored */
     tdestroy(tree, entry_free);
     tree = NULL;
     count = 0;

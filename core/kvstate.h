@@ -14,5 +14,7 @@ int sb_kv_delete(const char *key);
 size_t sb_kv_sweep(void);
 size_t sb_kv_count(void);
 void sb_kv_free_all(void);
+/* Loads what the store holds (start-up, before the store thread runs). */
+int sb_kv_load(void);
 
 #endif

@@ -15,14 +15,17 @@
 #include <event2/listener.h>
 
 #include "config.h"
+#include "conv.h"
 #include "httpclient.h"
 #include "job.h"
 #include "kvstate.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "outbox.h"
 #include "runtime.h"
 #include "server.h"
+#include "store.h"
 #include "timer.h"
 #include "util.h"
 
@@ -51,6 +54,21 @@ static void usage(FILE *f)
             "  --data-dir DIR      override the data folder\n"
             "  --check             load config and every script as a reload would, print ok or errors\n"
             "  --version           print the version\n");
+}
+
+/* Settings of the conversation layer and the core that a reload may change. */
+static void apply_settings(const struct sb_config *cfg)
+{
+    struct sb_outbox_settings os;
+    os.max_attempts = cfg->outbox_max_attempts;
+    os.max_age = cfg->outbox_max_age;
+    os.backoff_base = cfg->outbox_backoff_base;
+    os.backoff_max = cfg->outbox_backoff_max;
+    os.concurrency = cfg->outbox_concurrency;
+    os.timeout = cfg->outbox_timeout;
+    sb_outbox_configure(&os);
+    sb_log_set_level(cfg->log_level);
+    sb_httpclient_configure(cfg->http_client_max_response);
 }
 
 /* Builds config and runtime for the next generation without touching the
@@ -94,11 +112,14 @@ static unsigned reload(struct sb_error *err)
     if (strcmp(rt->cfg->data_dir, old->cfg->data_dir) != 0)
         sb_log(SB_LOG_WARN, "data_dir changed in config: takes effect at restart", NULL);
     generation++;
+    if (rt->cfg->recent_messages != old->cfg->recent_messages)
+        sb_log(SB_LOG_WARN, "conversations.recent_messages changed in config: takes effect at restart", NULL);
+    if (strcmp(rt->cfg->store_sync, old->cfg->store_sync) != 0)
+        sb_log(SB_LOG_WARN, "store.sync changed in config: takes effect at restart", NULL);
     sb_runtime_swap(rt);
     sb_timers_commit_load(generation);
-    sb_log_set_level(rt->cfg->log_level);
+    apply_settings(rt->cfg);
     sb_server_configure(rt->cfg);
-    sb_httpclient_configure(rt->cfg->http_client_max_response);
     sb_counters.reloads_ok++;
     snprintf(gen_s, sizeof gen_s, "%u", generation);
     sb_log(SB_LOG_INFO, "reload ok", "generation", gen_s, NULL);
@@ -147,6 +168,7 @@ static void on_sigterm(evutil_socket_t fd, short what, void *arg)
     sb_log(SB_LOG_INFO, "stopping", "signal", what == SIGINT ? "INT" : "TERM", NULL);
     sb_server_stop_accepting();
     sb_timers_pause();
+    sb_outbox_pause();
     stop_deadline = sb_now_mono() + sb_runtime_current()->cfg->shutdown_grace;
     drain_ev = evtimer_new(sb_base, drain_check, NULL);
     drain_check(-1, 0, NULL);
@@ -158,6 +180,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
     (void)what;
     (void)arg;
     sb_kv_sweep();
+    sb_conv_prune_seen();
 }
 
 static int ensure_dir(const char *path)
@@ -166,6 +189,46 @@ static int ensure_dir(const char *path)
     if (stat(path, &st) == 0)
         return S_ISDIR(st.st_mode) ? 0 : -1;
     return mkdir(path, 0750);
+}
+
+/* Opens the store under the config's data_dir, loads what it holds into
+ * memory and starts the store thread. */
+static int start_store(struct sb_error *err)
+{
+    struct sb_config *cfg = sb_config_load(config_path, &overrides, err);
+    struct sb_conv_settings cs;
+    enum store_sync sync = STORE_SYNC_FULL;
+    int rc = -1;
+    if (!cfg)
+        return -1;
+    if (ensure_dir(cfg->data_dir) != 0) {
+        sb_error_set(err, cfg->data_dir, 0, "cannot create data_dir");
+        goto done;
+    }
+    store_parse_sync(cfg->store_sync, &sync);
+    if (store_open(cfg->data_dir, sync, err) != 0)
+        goto done;
+    cs.recent_messages = cfg->recent_messages;
+    cs.dedupe_window = cfg->dedupe_window;
+    sb_conv_configure(&cs);
+    if (sb_conv_load() || sb_outbox_load() || sb_kv_load() || sb_timers_load()) {
+        sb_error_set(err, cfg->data_dir, 0, "cannot load the store");
+        goto done;
+    }
+    if (store_start() != 0) {
+        sb_error_set(err, cfg->data_dir, 0, "cannot start the store thread");
+        goto done;
+    }
+    {
+        char n[24], o[24];
+        snprintf(n, sizeof n, "%zu", sb_conv_count());
+        snprintf(o, sizeof o, "%zu", sb_conv_open_count());
+        sb_log(SB_LOG_INFO, "store loaded", "conversations", n, "open", o, "sync", cfg->store_sync, NULL);
+    }
+    rc = 0;
+done:
+    sb_config_unref(cfg);
+    return rc;
 }
 
 static void print_check_error(const struct sb_error *err)
@@ -270,6 +333,10 @@ int main(int argc, char **argv)
         goto out;
     }
     generation = 1;
+    if (start_store(&err) != 0) {
+        log_load_failure("store failed", &err);
+        goto out;
+    }
     rt = build(generation, &err, NULL);
     if (!rt) {
         log_load_failure("load failed", &err);
@@ -277,12 +344,7 @@ int main(int argc, char **argv)
     }
     sb_runtime_swap(rt);
     sb_timers_commit_load(generation);
-    sb_log_set_level(rt->cfg->log_level);
-    sb_httpclient_configure(rt->cfg->http_client_max_response);
-    if (ensure_dir(rt->cfg->data_dir) != 0) {
-        sb_log(SB_LOG_ERROR, "cannot create data_dir", "path", rt->cfg->data_dir, NULL);
-        goto out;
-    }
+    apply_settings(rt->cfg);
     if (sb_server_start(rt->cfg, reload) != 0) {
         char port[16];
         snprintf(port, sizeof port, "%d", rt->cfg->listen_port);
@@ -290,6 +352,7 @@ int main(int argc, char **argv)
         goto out;
     }
     log_listening();
+    sb_outbox_start();
 
     ev_hup = evsignal_new(sb_base, SIGHUP, on_sighup, NULL);
     ev_term = evsignal_new(sb_base, SIGTERM, on_sigterm, NULL);
@@ -304,10 +367,14 @@ int main(int argc, char **argv)
     sb_log(SB_LOG_INFO, "stopped", NULL);
     rc = 0;
 out:
+    sb_outbox_stop();
     sb_jobs_abort_all();
+    store_close();        /* commits what is pending; held replies go out */
     sb_server_free();
     sb_timers_free_all();
     sb_runtime_swap(NULL);
+    sb_outbox_free_all();
+    sb_conv_free_all();
     sb_httpclient_shutdown();
     sb_kv_free_all();
     sb_metrics_free();

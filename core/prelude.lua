@@ -87,4 +87,30 @@ function engine.run_timer(name, data_json, id)
   fn(data, id)
 end
 
+-- An outbox delivery's result handler: handler(result, context, info), where
+-- result = {status, headers, body} and context is what outbox.send got.
+function engine.run_outbox_result(name, result, context_json, info)
+  local fn = resolve(name)
+  if type(fn) ~= "function" then
+    error("outbox result handler '" .. name .. "' is not a function", 0)
+  end
+  local context
+  if context_json ~= nil then context = json_decode(context_json) end
+  fn(result, context, info)
+end
+
+-- An outbox job: handler(data, info). Returning false (or raising) makes
+-- the attempt fail, so it is retried with backoff.
+function engine.run_outbox_job(name, data_json, info)
+  local fn = resolve(name)
+  if type(fn) ~= "function" then
+    error("outbox job handler '" .. name .. "' is not a function", 0)
+  end
+  local data
+  if data_json ~= nil then data = json_decode(data_json) end
+  if fn(data, info) == false then
+    error("outbox job handler '" .. name .. "' asked for a retry", 0)
+  end
+end
+
 return engine

@@ -329,10 +329,11 @@ static int safe_require(lua_State *L)
         rel[i] = c == '.' ? '/' : c;
     }
     rel[n] = '\0';
-    for (d = 0; d < SB_DIR_COUNT; d++) {
+    for (d = 0; d < SB_DIR_COUNT + rt->cfg->nmodule_dirs; d++) {
+        const char *root = d < SB_DIR_COUNT ? rt->cfg->dirs[d] : rt->cfg->module_dirs[d - SB_DIR_COUNT];
         for (v = 0; v < 2; v++) {
             struct stat st;
-            snprintf(path, sizeof path, v == 0 ? "%s/%s.lua" : "%s/%s/init.lua", rt->cfg->dirs[d], rel);
+            snprintf(path, sizeof path, v == 0 ? "%s/%s.lua" : "%s/%s/init.lua", root, rel);
             if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
                 continue;
             if (load_script_chunk(L, path, path) != LUA_OK)

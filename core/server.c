@@ -19,6 +19,7 @@
 #include "loop.h"
 #include "metrics.h"
 #include "runtime.h"
+#include "store.h"
 #include "util.h"
 
 static struct evhttp *http;
@@ -232,6 +233,28 @@ static void handle_reload(struct evhttp_request *req)
 
 /* Script routes */
 
+/* A reply held until the store batch with the handler's writes commits:
+ * nothing is acknowledged before it is durable. */
+struct held_reply {
+    struct evhttp_request *req;
+    int status;
+    char route[160];
+    struct evbuffer *body;
+};
+
+static void release_reply(void *arg, int ok)
+{
+    struct held_reply *h = arg;
+    if (ok) {
+        send_reply(h->req, h->status, h->route, h->body);
+    } else {
+        evhttp_clear_headers(evhttp_request_get_output_headers(h->req));
+        send_error(h->req, 503, h->route, "store_unavailable", "the data could not be stored: retry later");
+    }
+    evbuffer_free(h->body);
+    free(h);
+}
+
 static void http_job_done(struct sb_job *job, const struct sb_job_outcome *out)
 {
     struct evhttp_request *req = job->owner;
@@ -273,9 +296,18 @@ static void http_job_done(struct sb_job *job, const struct sb_job_outcome *out)
             evhttp_add_header(oh, "Content-Type", ctype);
         b = evbuffer_new();
         evbuffer_add(b, body ? body : "", body ? len : 0);
+        lua_settop(co, base);
+        if (job->write_seq > store_committed_seq()) {
+            struct held_reply *h = sb_xcalloc(1, sizeof *h);
+            h->req = req;
+            h->status = status;
+            snprintf(h->route, sizeof h->route, "%s", route);
+            h->body = b;
+            store_when_committed(job->write_seq, release_reply, h);
+            return;
+        }
         send_reply(req, status, route, b);
         evbuffer_free(b);
-        lua_settop(co, base);
     }
 }
 

@@ -72,7 +72,7 @@ static const char *const write_sql[STORE_OP_COUNT] = {
     [STORE_MSG_SET_PROVIDER_IDS] = "UPDATE messages SET provider_ids=?2 WHERE id=?1",
     [STORE_EVENT_INSERT] = "INSERT INTO events(id, conversation_id, type, data, created) VALUES(?1,?2,?3,?4,?5)",
     [STORE_IDEMP_INSERT] =
-        "INSERT OR IGNORE INTO idempotency(channel, key, conversation_id, message_id, created)"
+        "INSERT OR REPLACE INTO idempotency(channel, key, conversation_id, message_id, created)"
         " VALUES(?1,?2,?3,?4,?5)",
     [STORE_OUTBOX_INSERT] =
         "INSERT INTO outbox(id, conversation_id, lane, kind, target, method, url, headers, body, data,"

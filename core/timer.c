@@ -14,6 +14,7 @@
 #include "log.h"
 #include "loop.h"
 #include "runtime.h"
+#include "store.h"
 #include "util.h"
 
 #define TIMER_MIN_INTERVAL 0.001
@@ -27,6 +28,8 @@ struct sb_timer {
     char *handler;
     char *data_json;
     unsigned load_generation;
+    int persisted;          /* created by a handler: kept in the store */
+    int rephase;            /* restored repeating timer: its first period was shorter */
     struct event *ev;
     struct sb_timer *prev, *next;
 };
@@ -41,6 +44,17 @@ static int by_id(const void *a, const void *b)
 {
     uint64_t x = ((const struct sb_timer *)a)->id, y = ((const struct sb_timer *)b)->id;
     return x < y ? -1 : x > y;
+}
+
+static void persist_delete(struct sb_timer *t)
+{
+    struct store_op *op;
+    if (!t->persisted)
+        return;
+    op = store_op_new(STORE_TIMER_DELETE);
+    store_op_int(op, (int64_t)t->id);
+    sb_job_note_write(store_submit(op));
+    t->persisted = 0;
 }
 
 static void timer_free(struct sb_timer *t)
@@ -77,6 +91,13 @@ static void timer_fire(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (paused || !rt)
         return;
+    if (t->rephase) {
+        struct timeval tv;
+        tv.tv_sec = (time_t)t->delay;
+        tv.tv_usec = (suseconds_t)((t->delay - (double)tv.tv_sec) * 1e6);
+        t->rephase = 0;
+        event_add(t->ev, &tv);
+    }
     snprintf(label, sizeof label, "timer:%s", t->handler);
     job = sb_job_new(rt, SB_JOB_TIMER, label, timer_done, NULL);
     co = job->co;
@@ -91,8 +112,10 @@ static void timer_fire(evutil_socket_t fd, short what, void *arg)
     lua_pushinteger(co, (lua_Integer)t->id);
     /* A one-shot timer is gone before its handler runs, so cancelling it
      * from the handler is a no-op rather than a use-after-free. */
-    if (!t->repeat)
+    if (!t->repeat) {
+        persist_delete(t);
         timer_free(t);
+    }
     sb_job_start(job, 3);
 }
 
@@ -121,9 +144,67 @@ uint64_t sb_timer_create(double delay, int repeat, const char *handler, const ch
     timers = t;
     tsearch(t, &timers_by_id, by_id);
     timers_count++;
-    if (load_generation == 0)
+    if (load_generation == 0) {
+        struct store_op *op = store_op_new(STORE_TIMER_PUT);
+        store_op_int(op, (int64_t)t->id);
+        store_op_real(op, sb_now_wall() + delay);
+        store_op_real(op, repeat ? delay : 0);
+        store_op_str(op, handler);
+        store_op_str(op, data_json);
+        sb_job_note_write(store_submit(op));
+        t->persisted = 1;
         timer_arm(t);
+    }
     return t->id;
+}
+
+/* Restores a handler-created timer from the store: a one-shot fires at its
+ * due time (at once if that passed while stopped); a repeating one keeps
+ * its phase. */
+static void load_row(void *arg, const struct store_row *r)
+{
+    struct sb_timer *t = sb_xcalloc(1, sizeof *t);
+    double now = sb_now_wall(), due = r->num[1], interval = r->num[2];
+    (void)arg;
+    t->id = (uint64_t)r->num[0];
+    t->repeat = interval > 0;
+    t->handler = sb_xstrdup(r->text[3]);
+    t->data_json = r->text[4] ? sb_xstrdup(r->text[4]) : NULL;
+    t->persisted = 1;
+    if (t->id >= next_timer_id)
+        next_timer_id = t->id + 1;
+    t->next = timers;
+    if (timers)
+        timers->prev = t;
+    timers = t;
+    tsearch(t, &timers_by_id, by_id);
+    timers_count++;
+    if (t->repeat) {
+        double next = due;
+        if (next < now)
+            next = due + interval * (double)(long long)((now - due) / interval + 1);
+        /* first firing after next - now, then every interval */
+        t->delay = interval;
+        {
+            struct timeval first;
+            double d = next - now;
+            first.tv_sec = (time_t)d;
+            first.tv_usec = (suseconds_t)((d - (double)first.tv_sec) * 1e6);
+            t->ev = event_new(sb_base, -1, EV_PERSIST, timer_fire, t);
+            /* libevent has no "first at X, then every Y": arm one-shot-like
+             * with the persist interval once the first firing happened */
+            event_add(t->ev, &first);
+            t->rephase = 1;
+        }
+    } else {
+        t->delay = due > now ? due - now : 0;
+        timer_arm(t);
+    }
+}
+
+int sb_timers_load(void)
+{
+    return store_load_timers(load_row, NULL);
 }
 
 int sb_timer_cancel(uint64_t id)
@@ -133,6 +214,7 @@ int sb_timer_cancel(uint64_t id)
     found = tfind(&key, &timers_by_id, by_id);
     if (!found)
         return 0;
+    persist_delete(*found);
     timer_free(*found);
     return 1;
 }

@@ -24,5 +24,7 @@ void sb_timers_discard_load(unsigned gen);
 void sb_timers_pause(void);
 void sb_timers_free_all(void);
 size_t sb_timers_pending(void);
+/* Restores handler-created timers from the store (start-up). */
+int sb_timers_load(void);
 
 #endif

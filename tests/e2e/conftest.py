@@ -335,6 +335,19 @@ class Daemon:
         self._close_files()
         return self.returncode
 
+    def restart(self, sig=signal.SIGTERM, args=None, env=None, wait=True, timeout=STOP_TIMEOUT):
+        """Stop the process with ``sig`` (SIGKILL for a crash) and start a new
+        one in the same directory (same config, same data dir, a new port).
+
+        Returns the old process's exit code (negative for a signal). The
+        ``daemon`` fixture's teardown then deals with the new process.
+        """
+        code = self.stop(sig, timeout=timeout)
+        self.proc = None
+        self.returncode = None
+        self.start(args=args, env=env, wait=wait)
+        return code
+
     def _close_files(self):
         for f in (self._stderr_file, self._stdout_file):
             if f is not None and not f.closed:
