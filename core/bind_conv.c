@@ -381,7 +381,21 @@ static int m_set(lua_State *L)
     }
     for (i = 0; i < 3; i++) {
         int t = lua_getfield(L, 2, tables[i]);
-        if (t == LUA_TTABLE) {
+        if (t == LUA_TTABLE && i == 0) {
+            /* tags: an array of strings, "[]" when empty */
+            lua_Integer k, n = (lua_Integer)lua_rawlen(L, -1);
+            for (k = 1; k <= n; k++) {
+                if (lua_rawgeti(L, -1, k) != LUA_TSTRING)
+                    return luaL_error(L, "set: tags must be an array of strings");
+                lua_pop(L, 1);
+            }
+            if (n == 0)
+                lua_pushliteral(L, "[]");
+            else
+                sb_json_encode_at(L, -1);
+            sb_conv_set_field(c, "tags", lua_tostring(L, -1));
+            lua_pop(L, 1);
+        } else if (t == LUA_TTABLE) {
             sb_json_encode_at(L, -1);
             sb_conv_set_field(c, tables[i], lua_tostring(L, -1));
             lua_pop(L, 1);
@@ -425,7 +439,11 @@ static int tag_change(lua_State *L, int add)
         lua_pushvalue(L, 4);
         lua_call(L, 1, 0);
         lua_pop(L, 1);
-        sb_json_encode_at(L, 4);
+        /* cjson writes an empty table as {}: tags are always an array */
+        if (w == 1)
+            lua_pushliteral(L, "[]");
+        else
+            sb_json_encode_at(L, 4);
         sb_conv_set_field(c, "tags", lua_tostring(L, -1));
     }
     lua_pushboolean(L, present != add);

@@ -20,6 +20,7 @@ return {
     scripts = base .. "/scripts",
     providers = base .. "/providers",
     rules = base .. "/rules",
+    modules = { base .. "/examples" },   -- found by require only (the demo bot: bots.demo)
   },
 
   http = {
@@ -41,4 +42,37 @@ return {
   },
 
   shutdown_grace = 10,           -- seconds SIGTERM waits for in-flight jobs
+
+  store = { sync = "full" },     -- full | normal | off (docs/conversations.md)
+
+  conversations = {
+    max_text_bytes = 4096,
+    recent_messages = 50,
+    dedupe_window = 86400,
+  },
+
+  outbox = {
+    max_attempts = 10,
+    max_age = 86400,
+    backoff_base = 1,
+    backoff_max = 300,
+    concurrency = 64,
+    timeout = 30,
+  },
+
+  -- A generic webhook channel answered by the demo bot. Its replies go to
+  -- callback_url (nothing listens there out of the box: they wait in the
+  -- outbox, retried, and end as dead letters you can list and retry).
+  channels = {
+    web = {
+      type = "webhook",
+      secret = env("SWITCHBOARD_WEB_SECRET") or "change-me",
+      callback_url = env("SWITCHBOARD_WEB_CALLBACK") or "http://127.0.0.1:9000/callback",
+      bot = "demo",
+    },
+  },
+
+  bots = {
+    demo = { type = "lua", module = "bots.demo" },
+  },
 }

@@ -35,7 +35,7 @@ def settle(seconds=0.5):
 @pytest.mark.parametrize("sync", ["full", "normal"])
 def test_kill9_under_load_loses_no_acknowledged_message(fakes, daemon, sync):
     cb = fakes.callback()
-    api = setup_echo_daemon(daemon, cb, sync=sync, outbox={"max_attempts": 100000})
+    api = setup_echo_daemon(daemon, cb, sync=sync, outbox={"max_attempts": 1000})
     total = N_THREADS * PER_THREAD
 
     lock = threading.Lock()
@@ -198,7 +198,7 @@ def test_restart_restores_open_conversations(fakes, daemon, sig):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_pending_outbox_entries_survive_restart(fakes, daemon, sig):
     cb = fakes.callback().always_fail(503)
-    api = setup_echo_daemon(daemon, cb, outbox={"max_attempts": 100000})
+    api = setup_echo_daemon(daemon, cb, outbox={"max_attempts": 1000})
     texts = [f"p{i}" for i in range(4)]
     for t in texts:
         api.send("c-pending", t)

@@ -230,7 +230,7 @@ def test_dead_letter_after_max_attempts_then_retry(fakes, daemon):
 
 def test_max_age_dead_letters_a_failing_entry(fakes, daemon):
     cb = fakes.callback().always_fail(503)
-    api = setup_echo_daemon(daemon, cb, outbox={"max_attempts": 100000, "max_age": 1})
+    api = setup_echo_daemon(daemon, cb, outbox={"max_attempts": 1000, "max_age": 1})
     api.send("c-age", "too old")
     dead = wait_dead(api, timeout=20)
     assert len(dead) == 1

@@ -1,0 +1,131 @@
+-- Telegram Bot API channel (subset: ../shared/providers/platforms.md §6).
+--   in:  POST /v1/channels/{instance}/telegram, the Update as Telegram posts
+--        it to a webhook; X-Telegram-Bot-Api-Secret-Token must equal the
+--        instance's secret_token.
+--   out: sendMessage (with an inline keyboard for buttons) and
+--        answerCallbackQuery, through the outbox.
+-- Instance config: { type = "telegram", token =, secret_token =, api_base = "https://api.telegram.org", bot = }
+telegram = {}
+
+local MAX_TEXT = 4096   -- characters per sendMessage
+
+local function method_url(inst, method)
+  return (inst.api_base or "https://api.telegram.org") .. "/bot" .. inst.token .. "/" .. method
+end
+
+local function str(v) return type(v) == "string" and v or nil end
+
+local function profile_of(from)
+  if type(from) ~= "table" then return nil end
+  local name = str(from.first_name)
+  if str(from.last_name) then name = (name and name .. " " or "") .. from.last_name end
+  local p = { name = name, language = str(from.language_code) }
+  if str(from.username) then
+    p.custom = { username = { value = from.username, label = "Telegram username" } }
+  end
+  return p
+end
+
+local function chat_id_of(v)
+  if math.type(v) == "integer" then return tostring(v) end
+  if type(v) == "string" and v ~= "" then return v end
+  return nil
+end
+
+function telegram.receive(req)
+  local name = req.params.instance
+  local inst = channels.instance(name)
+  if not inst or inst.type ~= "telegram" then
+    http_error(404, "unknown_channel", "no telegram channel named " .. name)
+  end
+  local given = req.headers["x-telegram-bot-api-secret-token"]
+  if not inst.secret_token or not given or not secure_equal(given, inst.secret_token) then
+    http_error(401, "unauthorized", "missing or wrong X-Telegram-Bot-Api-Secret-Token")
+  end
+  local u = req:json()
+  if type(u) ~= "table" or math.type(u.update_id) ~= "integer" then
+    http_error(422, "invalid_field", "update_id must be an integer")
+  end
+  local key = "update:" .. u.update_id
+
+  if type(u.message) == "table" and type(u.message.chat) == "table" then
+    local m = u.message
+    local client_id = chat_id_of(m.chat.id)
+    if not client_id or type(m.text) ~= "string" or utf8.len(m.text) == nil then
+      return 200, { ok = true, ignored = true }      -- stickers, photos, ...: not handled yet
+    end
+    flow.client_message(name, client_id, {
+      text = m.text, client = profile_of(m.from), dedupe_key = key,
+      provider_ids = { telegram = m.message_id },
+    })
+  elseif type(u.callback_query) == "table" then
+    local q = u.callback_query
+    local chat = type(q.message) == "table" and type(q.message.chat) == "table" and q.message.chat.id
+                 or (type(q.from) == "table" and q.from.id)
+    local client_id = chat_id_of(chat)
+    if not client_id or type(q.data) ~= "string" or utf8.len(q.data) == nil then
+      return 200, { ok = true, ignored = true }
+    end
+    local conv, msg = flow.client_message(name, client_id, {
+      text = q.data, client = profile_of(q.from), dedupe_key = key,
+    })
+    if not msg.duplicate and type(q.id) == "string" then
+      outbox.send{
+        conversation = conv, target = name, url = method_url(inst, "answerCallbackQuery"),
+        body = { callback_query_id = q.id },
+      }
+    end
+  end
+  return 200, { ok = true }
+end
+
+-- Splits text into pieces of at most MAX_TEXT characters (UTF-8 aware).
+local function pieces(text)
+  local out, n = {}, utf8.len(text) or #text
+  if n <= MAX_TEXT then return { text } end
+  local i = 1
+  while i <= n do
+    local from = utf8.offset(text, i)
+    local to = utf8.offset(text, i + MAX_TEXT)
+    out[#out + 1] = text:sub(from, to and to - 1 or #text)
+    i = i + MAX_TEXT
+  end
+  return out
+end
+
+function telegram.send(name, inst, conv, m)
+  local chat = math.tointeger(tonumber(conv.client_id)) or conv.client_id
+  local text = m.text ~= "" and m.text or nil
+  if not text and m.attachments and m.attachments[1] then text = m.attachments[1].url end
+  if not text then return end
+  local parts = pieces(text)
+  for i, part in ipairs(parts) do
+    local body = { chat_id = chat, text = part }
+    if i == #parts and m.buttons and #m.buttons > 0 then
+      local rows = {}
+      for _, b in ipairs(m.buttons) do
+        if b.url then
+          rows[#rows + 1] = { { text = b.text, url = b.url } }
+        else
+          rows[#rows + 1] = { { text = b.text, callback_data = (b.payload or b.text):sub(1, 64) } }
+        end
+      end
+      body.reply_markup = { inline_keyboard = rows }
+    end
+    outbox.send{
+      conversation = conv, target = name, url = method_url(inst, "sendMessage"), body = body,
+      on_result = "telegram.on_sent", context = { conversation = conv.id, message = m.id },
+    }
+  end
+end
+
+-- Keeps Telegram's message_id with the stored message.
+function telegram.on_sent(result, ctx)
+  local ok, r = pcall(json.decode, result.body)
+  if not ok or type(r) ~= "table" or r.ok ~= true or type(r.result) ~= "table" then return end
+  local conv = conversations.get(ctx.conversation)
+  if conv then conv:set_provider_ids(ctx.message, { telegram = r.result.message_id }) end
+end
+
+channels.adapters.telegram = telegram
+route("POST", "/v1/channels/{instance}/telegram", "telegram.receive")

@@ -1,0 +1,120 @@
+-- Generic HTTP channel.
+--   in:  POST /v1/channels/{instance}/messages  (Authorization: Bearer <secret>)
+--        {"client_id","text","client":{profile},"message_id":"idempotency key","attachments":[...]}
+--   out: POST <callback_url> through the outbox
+--        {"conversation_id","client_id","message":{"id","author":{"kind","name"},"text","buttons"?,"attachments"?}}
+-- Schema and errors: docs/conversations.md.
+webhook = {}
+
+local MAX_ID = 256
+
+local function invalid(field, what)
+  http_error(422, "invalid_field", field .. " " .. what)
+end
+
+local function is_null(v) return v == nil or v == json.null end
+
+local function check_string(v, field, max, required)
+  if is_null(v) then
+    if required then invalid(field, "is required") end
+    return nil
+  end
+  if type(v) ~= "string" then invalid(field, "must be a string") end
+  if utf8.len(v) == nil then http_error(400, "invalid_utf8", field .. " is not valid UTF-8") end
+  if max and #v > max then invalid(field, "is longer than " .. max .. " bytes") end
+  return v
+end
+
+-- The client profile: known string fields, and custom = {key = {value=, label=}}.
+local function check_profile(p)
+  if is_null(p) then return nil end
+  if type(p) ~= "table" or p[1] ~= nil then invalid("client", "must be an object") end
+  local out = {}
+  for k, v in pairs(p) do
+    if type(k) ~= "string" or not flow.profile_fields[k] then
+      invalid("client." .. tostring(k), "is not a known profile field")
+    end
+    if k == "custom" then
+      if type(v) ~= "table" or v[1] ~= nil then invalid("client.custom", "must be an object") end
+      local custom = {}
+      for ck, cv in pairs(v) do
+        if type(cv) ~= "table" then cv = { value = cv } end
+        local value = cv.value
+        if type(value) ~= "string" and type(value) ~= "number" and type(value) ~= "boolean" then
+          invalid("client.custom." .. ck .. ".value", "must be a string, number or boolean")
+        end
+        if type(value) == "string" then check_string(value, "client.custom." .. ck .. ".value", 1024) end
+        custom[ck] = { value = value, label = check_string(cv.label, "client.custom." .. ck .. ".label", 256) }
+      end
+      out.custom = custom
+    else
+      out[k] = check_string(v, "client." .. k, 1024)
+    end
+  end
+  return out
+end
+
+local function check_attachments(a)
+  if is_null(a) then return nil end
+  if type(a) ~= "table" then invalid("attachments", "must be an array") end
+  local out = {}
+  for i, item in ipairs(a) do
+    if type(item) ~= "table" then invalid("attachments[" .. i .. "]", "must be an object") end
+    out[i] = {
+      url = check_string(item.url, "attachments[" .. i .. "].url", 2048, true),
+      name = check_string(item.name, "attachments[" .. i .. "].name", 256),
+      type = check_string(item.type, "attachments[" .. i .. "].type", 64),
+    }
+  end
+  return #out > 0 and out or nil
+end
+
+function webhook.receive(req)
+  local name = req.params.instance
+  local inst = channels.instance(name)
+  if not inst or inst.type ~= "webhook" then
+    http_error(404, "unknown_channel", "no webhook channel named " .. name)
+  end
+  channels.require_bearer(req, inst.secret, "channel secret")
+  local body = req:json()
+  if type(body) ~= "table" or body[1] ~= nil then
+    http_error(422, "invalid_field", "the body must be a JSON object")
+  end
+  local max_text = (config.conversations and config.conversations.max_text_bytes) or 4096
+  local client_id = check_string(body.client_id, "client_id", MAX_ID, true)
+  if client_id == "" then invalid("client_id", "must not be empty") end
+  local text = check_string(body.text, "text", nil, true)
+  if #text > max_text then
+    http_error(413, "text_too_long", "text is longer than " .. max_text .. " bytes")
+  end
+  local attachments = check_attachments(body.attachments)
+  if text == "" and not attachments then invalid("text", "must not be empty") end
+  local message_id = check_string(body.message_id, "message_id", 128)
+  local profile = check_profile(body.client)
+
+  local conv, m = flow.client_message(name, client_id, {
+    text = text, attachments = attachments, client = profile, dedupe_key = message_id,
+  })
+  local out = { conversation_id = conv.id, message_id = m.id }
+  if m.duplicate then out.duplicate = true end
+  return 202, out
+end
+
+function webhook.send(name, inst, conv, m)
+  if not inst.callback_url then
+    log.error("webhook channel has no callback_url", { channel = name })
+    return
+  end
+  local message = { id = m.id, author = { kind = m.author.kind, name = m.author.name }, text = m.text }
+  if m.buttons and #m.buttons > 0 then message.buttons = m.buttons end
+  if m.attachments and #m.attachments > 0 then message.attachments = m.attachments end
+  local headers = {}
+  if inst.callback_secret then headers.Authorization = "Bearer " .. inst.callback_secret end
+  outbox.send{
+    conversation = conv, target = name, url = inst.callback_url, headers = headers,
+    body = { conversation_id = conv.id, client_id = conv.client_id, message = message },
+  }
+end
+
+channels.adapters.webhook = webhook
+route("POST", "/v1/channels/{instance}/messages", "webhook.receive")

@@ -1,0 +1,108 @@
+-- The read API, bot replies and dead letters; all need the API token.
+api = {}
+
+local json_headers = { ["Content-Type"] = "application/json" }
+
+local function auth(req)
+  channels.require_bearer(req, config.api_token, "API token")
+end
+
+local function param_limit(q)
+  if q.limit == nil then return nil end
+  local n = tonumber(q.limit)
+  if not n or n ~= math.floor(n) or n < 1 or n > 200 then
+    http_error(400, "invalid_parameter", "limit must be an integer from 1 to 200")
+  end
+  return math.tointeger(n)
+end
+
+local function param_cursor(q)
+  if q.cursor == nil then return nil end
+  if not q.cursor:match("^%d+$") or #q.cursor > 18 then
+    http_error(400, "invalid_parameter", "cursor is not valid")
+  end
+  return q.cursor
+end
+
+local function read(kind, params)
+  local text, err = conversations.read(kind, params)
+  if not text then http_error(503, "store_unavailable", err or "store read failed") end
+  return text
+end
+
+local function known_conversation(id)
+  if not conversations.get(id) then http_error(404, "not_found", "no such conversation") end
+end
+
+function api.conversation(req)
+  auth(req)
+  known_conversation(req.params.id)
+  local text = read("conversation", { id = req.params.id, messages = 20 })
+  if text == "null" then http_error(404, "not_found", "no such conversation") end
+  return 200, text, json_headers
+end
+
+function api.conversations(req)
+  auth(req)
+  local q = req.query
+  if q.state and not ({ bot = 1, queued = 1, agent = 1, closed = 1 })[q.state] then
+    http_error(400, "invalid_parameter", "state must be bot, queued, agent or closed")
+  end
+  return 200, read("conversations", {
+    state = q.state, channel = q.channel, limit = param_limit(q), cursor = param_cursor(q),
+  }), json_headers
+end
+
+function api.messages(req)
+  auth(req)
+  known_conversation(req.params.id)
+  return 200, read("messages", { id = req.params.id, limit = param_limit(req.query),
+                                 cursor = param_cursor(req.query) }), json_headers
+end
+
+function api.events(req)
+  auth(req)
+  known_conversation(req.params.id)
+  return 200, read("events", { id = req.params.id, limit = param_limit(req.query),
+                               cursor = param_cursor(req.query) }), json_headers
+end
+
+-- A bot answering later: {"replies": [...], "bot": "optional name"}
+function api.replies(req)
+  auth(req)
+  local conv = conversations.get(req.params.id)
+  if not conv then http_error(404, "not_found", "no such conversation") end
+  local body = req:json()
+  if type(body) ~= "table" or type(body.replies) ~= "table" then
+    http_error(422, "invalid_field", "replies must be an array")
+  end
+  local bot = type(body.bot) == "string" and body.bot or select(1, bots.for_channel(conv.channel)) or "bot"
+  local ids = flow.bot_replies(conv, body.replies, bot)
+  return 202, { message_ids = ids }
+end
+
+function api.dead(req)
+  auth(req)
+  return 200, read("outbox_dead", { limit = param_limit(req.query), cursor = param_cursor(req.query) }),
+         json_headers
+end
+
+function api.retry_dead(req)
+  auth(req)
+  local id = tonumber(req.params.id)
+  if not id or id ~= math.floor(id) then http_error(404, "not_found", "no such dead letter") end
+  local entry = json.decode(read("outbox_entry", { id = math.tointeger(id) }))
+  if entry == json.null or entry.state ~= "dead" then
+    http_error(404, "not_found", "no such dead letter")
+  end
+  outbox.requeue(entry)
+  return 202, { id = entry.id, state = "pending" }
+end
+
+route("GET", "/v1/conversations", "api.conversations")
+route("GET", "/v1/conversations/{id}", "api.conversation")
+route("GET", "/v1/conversations/{id}/messages", "api.messages")
+route("GET", "/v1/conversations/{id}/events", "api.events")
+route("POST", "/v1/conversations/{id}/replies", "api.replies")
+route("GET", "/v1/outbox/dead", "api.dead")
+route("POST", "/v1/outbox/dead/{id}/retry", "api.retry_dead")

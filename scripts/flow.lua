@@ -1,0 +1,121 @@
+-- Conversation flow: what happens to a client message, and how bot replies
+-- become messages to the client.
+flow = {}
+
+local profile_fields = {
+  name = true, email = true, phone = true, page_url = true, start_page = true, ip = true,
+  language = true, browser = true, os = true, location = true, last_visit = true, custom = true,
+}
+flow.profile_fields = profile_fields
+
+-- Merges new profile values into the stored profile; writes only on change.
+local function merge_profile(conv, incoming)
+  if type(incoming) ~= "table" then return end
+  local profile, changed = conv.client, false
+  for k, v in pairs(incoming) do
+    if type(v) == "table" then
+      if json.encode(v) ~= json.encode(profile[k] or json.null) then profile[k] = v; changed = true end
+    elseif profile[k] ~= v then
+      profile[k] = v; changed = true
+    end
+  end
+  if changed then conv:set{ client = profile } end
+end
+
+-- An inbound client message from a channel adapter.
+-- msg = { text =, attachments =, client = profile, dedupe_key =, provider_ids = }
+-- Returns conv, message; message.duplicate is true for a repeated dedupe_key.
+function flow.client_message(channel, client_id, msg)
+  if msg.dedupe_key then
+    local cid, mid = conversations.seen(channel, msg.dedupe_key)
+    if cid then
+      return conversations.get(cid), { id = mid, duplicate = true }
+    end
+  end
+  local conv, created = conversations.find_or_create(channel, client_id, msg.client)
+  if not created then merge_profile(conv, msg.client) end
+  if conv.state == "closed" then conv:set_state("bot", "client message") end
+  local profile = msg.client or {}
+  local m = conv:append{
+    author = { kind = "client", name = profile.name, id = client_id },
+    text = msg.text,
+    attachments = msg.attachments,
+    provider_ids = msg.provider_ids,
+    dedupe_key = msg.dedupe_key,
+  }
+  flow.route_client_message(conv, m)
+  return conv, m
+end
+
+-- Where a client message goes: the bot while the bot has the conversation;
+-- the desk while it is queued for or with an agent.
+function flow.route_client_message(conv, m)
+  if conv.state == "bot" then
+    bots.deliver(conv, m)
+  elseif desks and desks.client_message then
+    desks.client_message(conv, m)
+  else
+    log.warn("client message while no desk is configured", { conversation = conv.id, state = conv.state })
+    conv:journal("undelivered", { message = m.id, reason = "no desk" })
+  end
+end
+
+local function normalize_buttons(list)
+  local out = {}
+  if type(list) ~= "table" then return out end
+  for _, b in ipairs(list) do
+    if type(b) == "string" then
+      out[#out + 1] = { text = b }
+    elseif type(b) == "table" and type(b.text) == "string" then
+      out[#out + 1] = { text = b.text, payload = type(b.payload) == "string" and b.payload or nil,
+                        url = type(b.url) == "string" and b.url or nil }
+    end
+  end
+  return out
+end
+
+-- Bot replies in the JAICP format -> stored bot messages sent to the client.
+-- Returns the ids of the messages created.
+function flow.bot_replies(conv, replies, bot_name)
+  if type(replies) ~= "table" then return {} end
+  local out, last = {}, nil
+  for _, r in ipairs(replies) do
+    local t = type(r) == "table" and r.type or nil
+    if t == "text" and type(r.text) == "string" then
+      last = { text = r.text }
+      out[#out + 1] = last
+    elseif t == "buttons" then
+      local buttons = normalize_buttons(r.buttons)
+      if last and not last.buttons then
+        last.buttons = buttons
+      else
+        last = { text = type(r.text) == "string" and r.text or "", buttons = buttons }
+        out[#out + 1] = last
+      end
+    elseif t == "image" and type(r.imageUrl) == "string" then
+      last = { text = type(r.text) == "string" and r.text or "",
+               attachments = { { url = r.imageUrl, type = "image" } } }
+      out[#out + 1] = last
+    elseif t == "switch" then
+      if flow.on_switch then
+        flow.on_switch(conv, r, bot_name)
+      else
+        conv:journal("switch_unsupported", { bot = bot_name })
+      end
+    else
+      conv:journal("reply_skipped", { type = t or type(r), bot = bot_name })
+    end
+  end
+  local ids = {}
+  for _, o in ipairs(out) do
+    local m = conv:append{
+      author = { kind = "bot", name = bot_name },
+      text = o.text,
+      buttons = o.buttons and #o.buttons > 0 and o.buttons or nil,
+      attachments = o.attachments,
+    }
+    ids[#ids + 1] = m.id
+    channels.send(conv, m)
+  end
+  return ids
+end
