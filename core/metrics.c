@@ -6,7 +6,10 @@
 
 #include <event2/buffer.h>
 
+#include "conv.h"
 #include "job.h"
+#include "outbox.h"
+#include "store.h"
 #include "runtime.h"
 #include "timer.h"
 #include "util.h"
@@ -100,14 +103,54 @@ void sb_metrics_render(struct evbuffer *out)
         "switchboard_runtimes_live %d\n"
         "# HELP switchboard_timers_pending Timers waiting to fire.\n"
         "# TYPE switchboard_timers_pending gauge\n"
-        "switchboard_timers_pending %zu\n"
-        "# HELP switchboard_outbound_requests_total Outbound HTTP requests, by status (error: no response).\n"
-        "# TYPE switchboard_outbound_requests_total counter\n",
+        "switchboard_timers_pending %zu\n",
         sb_jobs_in_flight(), sb_counters.lua_errors,
         sb_counters.kills_cpu, sb_counters.kills_memory, sb_counters.kills_deadline,
         sb_counters.reloads_ok, sb_counters.reloads_failed,
         sb_runtime_current() ? sb_runtime_current()->generation : 0u,
         sb_runtimes_live(), sb_timers_pending());
+    {
+        const struct sb_outbox_counters *o = sb_outbox_counters();
+        const struct store_stats *st = store_stats();
+        evbuffer_add_printf(out,
+            "# HELP switchboard_outbox_pending Outbox entries not yet delivered or dead.\n"
+            "# TYPE switchboard_outbox_pending gauge\n"
+            "switchboard_outbox_pending %zu\n"
+            "# HELP switchboard_outbox_in_flight Outbox deliveries being attempted.\n"
+            "# TYPE switchboard_outbox_in_flight gauge\n"
+            "switchboard_outbox_in_flight %zu\n"
+            "# HELP switchboard_outbox_delivered_total Outbox entries delivered.\n"
+            "# TYPE switchboard_outbox_delivered_total counter\n"
+            "switchboard_outbox_delivered_total %llu\n"
+            "# HELP switchboard_outbox_retried_total Failed outbox attempts scheduled again.\n"
+            "# TYPE switchboard_outbox_retried_total counter\n"
+            "switchboard_outbox_retried_total %llu\n"
+            "# HELP switchboard_outbox_dead_total Outbox entries dead-lettered.\n"
+            "# TYPE switchboard_outbox_dead_total counter\n"
+            "switchboard_outbox_dead_total %llu\n"
+            "# HELP switchboard_store_batches_total Store transactions (group commits).\n"
+            "# TYPE switchboard_store_batches_total counter\n"
+            "switchboard_store_batches_total %llu\n"
+            "# HELP switchboard_store_writes_total Store write operations.\n"
+            "# TYPE switchboard_store_writes_total counter\n"
+            "switchboard_store_writes_total %llu\n"
+            "# HELP switchboard_store_reads_total Store reads.\n"
+            "# TYPE switchboard_store_reads_total counter\n"
+            "switchboard_store_reads_total %llu\n"
+            "# HELP switchboard_store_failures_total Store transactions that failed.\n"
+            "# TYPE switchboard_store_failures_total counter\n"
+            "switchboard_store_failures_total %llu\n"
+            "# HELP switchboard_conversations Conversations known, and those not closed.\n"
+            "# TYPE switchboard_conversations gauge\n"
+            "switchboard_conversations{state=\"all\"} %zu\n"
+            "switchboard_conversations{state=\"open\"} %zu\n",
+            o->pending, o->in_flight, o->delivered, o->retried, o->dead,
+            (unsigned long long)st->batches, (unsigned long long)st->writes, (unsigned long long)st->reads,
+            (unsigned long long)st->failures, sb_conv_count(), sb_conv_open_count());
+    }
+    evbuffer_add_printf(out,
+        "# HELP switchboard_outbound_requests_total Outbound HTTP requests, by status (error: no response).\n"
+        "# TYPE switchboard_outbound_requests_total counter\n");
     for (i = 0; i < OUTBOUND_SLOTS; i++) {
         if (!outbound[i])
             continue;

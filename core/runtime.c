@@ -441,7 +441,8 @@ static int list_scripts(const char *dir, char ***out, struct sb_error *err)
         names[n++] = sb_xstrdup(e->d_name);
     }
     closedir(d);
-    qsort(names, (size_t)n, sizeof *names, name_cmp);
+    if (n > 1)
+        qsort(names, (size_t)n, sizeof *names, name_cmp);
     *out = names;
     return n;
 }
