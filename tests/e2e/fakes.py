@@ -396,7 +396,7 @@ class CallbackReceiver(JsonFake):
         return [r for r in self.attempts() if r.json["message"]["id"] == message_id]
 
     def wait_for_accepted(self, n=1, timeout=15.0) -> list[Request]:
-        def pred(_):
+        def pred():
             acc = self.accepted()
             return acc if len(acc) >= n else None
 
@@ -405,7 +405,7 @@ class CallbackReceiver(JsonFake):
                                   f"violations: {self.violations!r})")
 
     def wait_for_text(self, text, timeout=15.0) -> dict:
-        def pred(_):
+        def pred():
             for m in self.accepted_messages():
                 if m.get("text") == text:
                     return m
@@ -719,7 +719,7 @@ class FakeTelegram(JsonFake):
         return [r for r in self.calls("sendMessage") if r.ok]
 
     def wait_for_sent(self, n=1, timeout=15.0, text=None):
-        def pred(_):
+        def pred():
             sent = self.sent_messages()
             if text is not None:
                 sent = [r for r in sent if r.params.get("text") == text]

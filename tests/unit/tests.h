@@ -6,4 +6,6 @@ extern const struct test_case route_tests[];
 extern const struct test_case kv_tests[];
 extern const struct test_case config_tests[];
 extern const struct test_case runtime_tests[];
+extern const struct test_case conv_tests[];
+extern const struct test_case store_tests[];
 #endif
