@@ -63,6 +63,10 @@ $(BUILD)/bench_bare: tests/bench/bare_server.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(LDLIBS_ALL)
 
+$(BUILD)/bench_loadgen: tests/bench/loadgen.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(LDLIBS_ALL)
+
 $(BUILD)/unit_tests: $(CORE_OBJS) $(UNIT_OBJS)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LDLIBS_ALL)
 

@@ -3,8 +3,10 @@
  *   conversations.read(kind, params)      -- yields; JSON text from the store
  *   conv.<field>, conv:append / set_state / set / tag / untag / journal /
  *   messages / set_provider_ids
- * A conversation handle is a userdata holding the id; every access looks the
- * conversation up again, so a handle never dangles. */
+ * A conversation handle is a userdata pointing at the C conversation, which
+ * counts its handles: a conversation is never freed while a runtime could
+ * still reach it (today conversations are only freed at exit, after every
+ * runtime is closed). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,23 +25,31 @@
 #define KEY_MAX 512
 
 struct conv_handle {
-    char id[SB_ID_LEN + 1];
+    struct sb_conv *c;
 };
 
 static struct sb_conv *check_conv(lua_State *L, int idx)
 {
     struct conv_handle *h = luaL_checkudata(L, idx, CONV_MT);
-    struct sb_conv *c = sb_conv_get(h->id);
-    if (!c)
-        luaL_error(L, "conversation %s is gone", h->id);
-    return c;
+    return h->c;
 }
 
-static void push_conv(lua_State *L, const struct sb_conv *c)
+static void push_conv(lua_State *L, struct sb_conv *c)
 {
     struct conv_handle *h = lua_newuserdatauv(L, sizeof *h, 0);
-    memcpy(h->id, c->id, sizeof h->id);
+    h->c = c;
+    c->handles++;
     luaL_setmetatable(L, CONV_MT);
+}
+
+static int conv_gc(lua_State *L)
+{
+    struct conv_handle *h = luaL_checkudata(L, 1, CONV_MT);
+    if (h->c) {
+        h->c->handles--;
+        h->c = NULL;
+    }
+    return 0;
 }
 
 static void push_json_or_nil(lua_State *L, const char *json)
@@ -491,44 +501,54 @@ static int m_set_provider_ids(lua_State *L)
     return 0;
 }
 
+enum conv_field {
+    F_ID = 1, F_CHANNEL, F_CLIENT_ID, F_STATE, F_DESK, F_GROUP, F_AGENT, F_STATUS, F_TAGS, F_CLIENT,
+    F_DATA, F_CREATED, F_UPDATED, F_LAST_SEQ
+};
+
+static const char *const field_names[] = {
+    NULL, "id", "channel", "client_id", "state", "desk", "group", "agent", "status", "tags", "client",
+    "data", "created", "updated", "last_seq"
+};
+
+/* __index: upvalue 1 maps field names to enum conv_field (one hash lookup
+ * instead of a chain of string compares), upvalue 2 holds the methods. */
 static int conv_index(lua_State *L)
 {
     struct sb_conv *c = check_conv(L, 1);
-    const char *k = luaL_checkstring(L, 2);
-    if (!strcmp(k, "id"))
-        lua_pushstring(L, c->id);
-    else if (!strcmp(k, "channel"))
-        lua_pushstring(L, c->channel);
-    else if (!strcmp(k, "client_id"))
-        lua_pushstring(L, c->client_id);
-    else if (!strcmp(k, "state"))
-        lua_pushstring(L, sb_conv_state_name(c->state));
-    else if (!strcmp(k, "desk"))
-        lua_pushstring(L, c->desk);
-    else if (!strcmp(k, "group"))
-        lua_pushstring(L, c->group);
-    else if (!strcmp(k, "agent"))
-        lua_pushstring(L, c->agent);
-    else if (!strcmp(k, "status"))
-        lua_pushstring(L, c->status);
-    else if (!strcmp(k, "tags"))
-        sb_json_decode(L, c->tags, strlen(c->tags));
-    else if (!strcmp(k, "client"))
-        sb_json_decode(L, c->profile, strlen(c->profile));
-    else if (!strcmp(k, "data"))
-        sb_json_decode(L, c->data, strlen(c->data));
-    else if (!strcmp(k, "created"))
-        lua_pushnumber(L, c->created);
-    else if (!strcmp(k, "updated"))
-        lua_pushnumber(L, c->updated);
-    else if (!strcmp(k, "last_seq"))
-        lua_pushinteger(L, c->last_seq);
-    else {
-        /* methods */
-        luaL_getmetatable(L, CONV_MT);
-        lua_getfield(L, -1, "methods");
-        lua_getfield(L, -1, k);
+    lua_settop(L, 2);
+    lua_pushvalue(L, 2);
+    switch (lua_rawget(L, lua_upvalueindex(1)) == LUA_TNUMBER ? (int)lua_tointeger(L, -1) : 0) {
+    case F_ID: lua_pushstring(L, c->id); break;
+    case F_CHANNEL: lua_pushstring(L, c->channel); break;
+    case F_CLIENT_ID: lua_pushstring(L, c->client_id); break;
+    case F_STATE: lua_pushstring(L, sb_conv_state_name(c->state)); break;
+    case F_DESK: lua_pushstring(L, c->desk); break;
+    case F_GROUP: lua_pushstring(L, c->group); break;
+    case F_AGENT: lua_pushstring(L, c->agent); break;
+    case F_STATUS: lua_pushstring(L, c->status); break;
+    case F_TAGS: sb_json_decode(L, c->tags, strlen(c->tags)); break;
+    case F_CLIENT: sb_json_decode(L, c->profile, strlen(c->profile)); break;
+    case F_DATA: sb_json_decode(L, c->data, strlen(c->data)); break;
+    case F_CREATED: lua_pushnumber(L, c->created); break;
+    case F_UPDATED: lua_pushnumber(L, c->updated); break;
+    case F_LAST_SEQ: lua_pushinteger(L, c->last_seq); break;
+    default:
+        lua_pushvalue(L, 2);
+        lua_rawget(L, lua_upvalueindex(2));
+        break;
     }
+    return 1;
+}
+
+/* conv:message(id) -> the message if it is among those kept in memory */
+static int m_message(lua_State *L)
+{
+    struct sb_conv *c = check_conv(L, 1);
+    const struct sb_msg *m = sb_conv_recent_by_id(c, luaL_checkstring(L, 2));
+    if (!m)
+        return lua_pushnil(L), 1;
+    push_msg(L, m);
     return 1;
 }
 
@@ -539,15 +559,13 @@ static int conv_newindex(lua_State *L)
 
 static int conv_tostring(lua_State *L)
 {
-    struct conv_handle *h = luaL_checkudata(L, 1, CONV_MT);
-    lua_pushfstring(L, "conversation %s", h->id);
+    lua_pushfstring(L, "conversation %s", check_conv(L, 1)->id);
     return 1;
 }
 
 static int conv_eq(lua_State *L)
 {
-    struct conv_handle *a = luaL_checkudata(L, 1, CONV_MT), *b = luaL_checkudata(L, 2, CONV_MT);
-    lua_pushboolean(L, strcmp(a->id, b->id) == 0);
+    lua_pushboolean(L, check_conv(L, 1) == check_conv(L, 2));
     return 1;
 }
 
@@ -556,14 +574,21 @@ void sb_bind_conv_open(lua_State *L)
     static const luaL_Reg methods[] = {
         { "append", m_append }, { "set_state", m_set_state }, { "set", m_set }, { "tag", m_tag },
         { "untag", m_untag }, { "journal", m_journal }, { "messages", m_messages },
-        { "set_provider_ids", m_set_provider_ids }, { NULL, NULL }
+        { "set_provider_ids", m_set_provider_ids }, { "message", m_message }, { NULL, NULL }
     };
     static const luaL_Reg funcs[] = {
         { "find_or_create", conv_find_or_create }, { "find", conv_find }, { "get", conv_get },
         { "seen", conv_seen }, { "count", conv_count }, { "read", conv_read }, { NULL, NULL }
     };
+    size_t i;
     luaL_newmetatable(L, CONV_MT);
-    lua_pushcfunction(L, conv_index);
+    lua_createtable(L, 0, (int)(sizeof field_names / sizeof *field_names));
+    for (i = 1; i < sizeof field_names / sizeof *field_names; i++) {
+        lua_pushinteger(L, (lua_Integer)i);
+        lua_setfield(L, -2, field_names[i]);
+    }
+    luaL_newlib(L, methods);
+    lua_pushcclosure(L, conv_index, 2);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, conv_newindex);
     lua_setfield(L, -2, "__newindex");
@@ -571,8 +596,8 @@ void sb_bind_conv_open(lua_State *L)
     lua_setfield(L, -2, "__tostring");
     lua_pushcfunction(L, conv_eq);
     lua_setfield(L, -2, "__eq");
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "methods");
+    lua_pushcfunction(L, conv_gc);
+    lua_setfield(L, -2, "__gc");
     lua_pushliteral(L, "conversation");
     lua_setfield(L, -2, "__name");
     lua_pop(L, 1);

@@ -68,23 +68,27 @@ int sb_conv_transition_allowed(enum sb_conv_state from, enum sb_conv_state to) {
 size_t sb_conv_count(void) { return nconv; }
 size_t sb_conv_open_count(void) { return nopen; }
 
+/* Ids are time-ordered: 11 hex digits of milliseconds since the epoch, then
+ * 9 of a per-process counter that starts at a random value. New rows then
+ * land at the right edge of the store's indexes (few pages touched per
+ * commit), and ids stay unique across restarts because time moves on. */
 void sb_new_id(char out[SB_ID_LEN + 1])
 {
     static const char hex[] = "0123456789abcdef";
-    unsigned char raw[SB_ID_LEN / 2];
-    size_t i;
-    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw) {
-        /* never expected on Linux >= 3.17; fall back to something unique */
-        static uint64_t counter;
-        double t = sb_now_wall();
-        memcpy(raw, &t, 8);
-        counter++;
-        memcpy(raw + 2, &counter, 8);
+    static uint64_t counter;
+    static int seeded;
+    uint64_t ms = (uint64_t)(sb_now_wall() * 1000.0), c;
+    int i;
+    if (!seeded) {
+        if (getrandom(&counter, sizeof counter, 0) != (ssize_t)sizeof counter)
+            counter = (uint64_t)ms * 2654435761u;
+        seeded = 1;
     }
-    for (i = 0; i < sizeof raw; i++) {
-        out[2 * i] = hex[raw[i] >> 4];
-        out[2 * i + 1] = hex[raw[i] & 15];
-    }
+    c = counter++;
+    for (i = 10; i >= 0; i--, ms >>= 4)
+        out[i] = hex[ms & 15];
+    for (i = 19; i >= 11; i--, c >>= 4)
+        out[i] = hex[c & 15];
     out[SB_ID_LEN] = '\0';
 }
 
@@ -230,11 +234,11 @@ static void note(uint64_t seq)
     sb_job_note_write(seq);
 }
 
-uint64_t sb_conv_persist(struct sb_conv *c)
+static struct sb_conv *dirty_head;
+
+static void write_row(struct sb_conv *c)
 {
     struct store_op *op = store_op_new(STORE_CONV_UPSERT);
-    uint64_t seq;
-    c->updated = sb_now_wall();
     store_op_str(op, c->id);
     store_op_str(op, c->channel);
     store_op_str(op, c->client_id);
@@ -249,7 +253,32 @@ uint64_t sb_conv_persist(struct sb_conv *c)
     store_op_int(op, c->last_seq);
     store_op_real(op, c->created);
     store_op_real(op, c->updated);
-    seq = store_submit(op);
+    store_submit(op);
+}
+
+/* The store's flush hook: one row per conversation changed since the last
+ * batch left, however many times it changed. */
+static void flush_dirty(void)
+{
+    while (dirty_head) {
+        struct sb_conv *c = dirty_head;
+        dirty_head = c->next_dirty;
+        c->dirty = 0;
+        c->next_dirty = NULL;
+        write_row(c);
+    }
+}
+
+uint64_t sb_conv_persist(struct sb_conv *c)
+{
+    uint64_t seq;
+    c->updated = sb_now_wall();
+    if (!c->dirty) {
+        c->dirty = 1;
+        c->next_dirty = dirty_head;
+        dirty_head = c;
+    }
+    seq = store_reserve();
     note(seq);
     return seq;
 }
@@ -358,6 +387,17 @@ const struct sb_msg *sb_conv_recent(const struct sb_conv *c, int i)
     if (i < 0 || i >= c->nrecent)
         return NULL;
     return c->recent[(c->recent_start + c->nrecent - 1 - i) % settings.recent_messages];
+}
+
+const struct sb_msg *sb_conv_recent_by_id(const struct sb_conv *c, const char *id)
+{
+    int i;
+    for (i = c->nrecent - 1; i >= 0; i--) {
+        struct sb_msg *m = c->recent[(c->recent_start + i) % settings.recent_messages];
+        if (strcmp(m->id, id) == 0)
+            return m;
+    }
+    return NULL;
 }
 
 const struct sb_msg *sb_conv_append(struct sb_conv *c, const struct sb_msg_fields *f, char *err, size_t err_size)
@@ -646,6 +686,7 @@ static void load_seen_row(void *arg, const struct store_row *r)
 
 int sb_conv_load(void)
 {
+    store_set_flush_hook(flush_dirty);
     next_event_id = store_max_id("events") + 1;
     if (store_load_conversations(load_conv_row, NULL) ||
         store_load_recent_messages(settings.recent_messages, load_msg_row, NULL) ||
@@ -656,6 +697,7 @@ int sb_conv_load(void)
 
 void sb_conv_free_all(void)
 {
+    dirty_head = NULL;
     tdestroy(by_client, client_key_free);
     tdestroy(by_id, conv_free);
     tdestroy(seen_keys, seen_free);

@@ -38,6 +38,9 @@ struct sb_conv {
     double created, updated;
     struct sb_msg **recent;       /* ring of the last messages, oldest first from recent_start */
     int nrecent, recent_start;
+    int dirty;                    /* its row is written at the next batch flush */
+    int handles;                  /* Lua handles pointing here (see bind_conv.c) */
+    struct sb_conv *next_dirty;
 };
 
 /* Fields of a new message; JSON fields may be NULL for empty. */
@@ -71,7 +74,8 @@ struct sb_conv *sb_conv_find(const char *channel, const char *client_id);
 /* Creates and persists a conversation in state bot. profile is JSON or NULL. */
 struct sb_conv *sb_conv_create(const char *channel, const char *client_id, const char *profile);
 
-/* The store batch the last write joined (for acknowledging after commit). */
+/* Marks the row for writing; changes to a conversation are coalesced into
+ * one row per store batch. Returns the batch the row will join. */
 uint64_t sb_conv_persist(struct sb_conv *c);
 uint64_t sb_conv_journal(struct sb_conv *c, const char *type, const char *data_json);
 /* Appends a message; returns it (owned by the conversation's ring, valid
@@ -86,6 +90,8 @@ int sb_conv_set_state(struct sb_conv *c, enum sb_conv_state to, const char *reas
 int sb_conv_set_field(struct sb_conv *c, const char *field, const char *value);
 /* The i-th most recent message in memory (0 = newest), or NULL. */
 const struct sb_msg *sb_conv_recent(const struct sb_conv *c, int i);
+/* A message in memory by id, or NULL. */
+const struct sb_msg *sb_conv_recent_by_id(const struct sb_conv *c, const char *id);
 
 /* Per-channel idempotency keys for inbound messages. */
 int sb_conv_seen(const char *channel, const char *key, const char **conversation_id, const char **message_id);

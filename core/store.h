@@ -88,6 +88,12 @@ int store_start(void);
 void store_close(void);
 int store_parse_sync(const char *name, enum store_sync *out);
 
+/* Called just before the open batch leaves for the store thread, so that
+ * writers can add what they coalesced (one row per changed conversation). */
+void store_set_flush_hook(void (*hook)(void));
+/* The open batch's number, opening one if needed (for a write that will be
+ * added by the flush hook). */
+uint64_t store_reserve(void);
 /* Queues a write (taking ownership of op); returns its batch number. */
 uint64_t store_submit(struct store_op *op);
 /* The batch writes join now (0 when the store is not open). */

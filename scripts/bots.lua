@@ -64,10 +64,7 @@ function bots.run_lua(data)
     return
   end
   local module = require(bot.module)
-  local msg
-  for _, m in ipairs(conv:messages()) do
-    if m.id == data.message then msg = m end
-  end
+  local msg = conv:message(data.message)
   if not msg then
     log.warn("bot message no longer in memory", { conversation = conv.id, message = data.message })
     return
