@@ -23,7 +23,7 @@ static const char *opt_string(lua_State *L, int t, const char *field)
     const char *s = NULL;
     if (type == LUA_TSTRING)
         s = lua_tostring(L, -1);
-    else if (type != LUA_TNIL)
+    else if (type != LUA_TNIL && type != LUA_TLIGHTUSERDATA)   /* json.null counts as absent */
         luaL_error(L, "outbox: %s must be a string", field);
     lua_pop(L, 1);   /* the string stays referenced by the table */
     return s;

@@ -452,7 +452,18 @@ const struct sb_msg *sb_conv_append(struct sb_conv *c, const struct sb_msg_field
 
     snprintf(seq_s, sizeof seq_s, "%lld", (long long)m->seq);
     id_json = json_string_or_null(m->id);
-    kind_json = json_string_or_null(m->author_kind);
+    {
+        const char *akeys[3] = { "kind", "name", "id" }, *avals[3];
+        char *k = json_string_or_null(m->author_kind), *n = json_string_or_null(m->author_name);
+        char *aid = json_string_or_null(m->author_id);
+        avals[0] = k;
+        avals[1] = n;
+        avals[2] = aid;
+        kind_json = json_object_of(akeys, avals, 3);
+        free(k);
+        free(n);
+        free(aid);
+    }
     vals[0] = id_json;
     vals[1] = seq_s;
     vals[2] = kind_json;

@@ -131,7 +131,7 @@ static const char *const read_sql[STORE_READ_COUNT] = {
         "  FROM outbox WHERE state='dead' AND (?2 IS NULL OR id > CAST(?2 AS INTEGER)) ORDER BY id LIMIT ?1)",
     [STORE_READ_OUTBOX_ENTRY] =
         "SELECT json_object('id',id,'conversation_id',conversation_id,'lane',lane,'kind',kind,"
-        " 'target',target,'method',method,'url',url,'headers',json(headers),'body',CAST(body AS TEXT),"
+        " 'target',target,'method',method,'url',url,'headers',headers,'body',CAST(body AS TEXT),"
         " 'data',data,'on_result',on_result,'idem_key',idem_key,'state',state,'attempts',attempts,"
         " 'created',created,'reason',last_error) FROM outbox WHERE id=?1",
 };

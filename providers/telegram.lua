@@ -26,8 +26,14 @@ local function profile_of(from)
   return p
 end
 
+-- JSON numbers arrive as Lua floats: ids are integers that fit a double.
+local function int_of(v)
+  return type(v) == "number" and math.tointeger(v) or nil
+end
+
 local function chat_id_of(v)
-  if math.type(v) == "integer" then return tostring(v) end
+  local i = int_of(v)
+  if i then return string.format("%d", i) end
   if type(v) == "string" and v ~= "" then return v end
   return nil
 end
@@ -43,10 +49,11 @@ function telegram.receive(req)
     http_error(401, "unauthorized", "missing or wrong X-Telegram-Bot-Api-Secret-Token")
   end
   local u = req:json()
-  if type(u) ~= "table" or math.type(u.update_id) ~= "integer" then
+  local update_id = type(u) == "table" and int_of(u.update_id)
+  if not update_id then
     http_error(422, "invalid_field", "update_id must be an integer")
   end
-  local key = "update:" .. u.update_id
+  local key = string.format("update:%d", update_id)
 
   if type(u.message) == "table" and type(u.message.chat) == "table" then
     local m = u.message
@@ -56,7 +63,7 @@ function telegram.receive(req)
     end
     flow.client_message(name, client_id, {
       text = m.text, client = profile_of(m.from), dedupe_key = key,
-      provider_ids = { telegram = m.message_id },
+      provider_ids = { telegram = int_of(m.message_id) },
     })
   elseif type(u.callback_query) == "table" then
     local q = u.callback_query
@@ -124,7 +131,7 @@ function telegram.on_sent(result, ctx)
   local ok, r = pcall(json.decode, result.body)
   if not ok or type(r) ~= "table" or r.ok ~= true or type(r.result) ~= "table" then return end
   local conv = conversations.get(ctx.conversation)
-  if conv then conv:set_provider_ids(ctx.message, { telegram = r.result.message_id }) end
+  if conv then conv:set_provider_ids(ctx.message, { telegram = int_of(r.result.message_id) }) end
 end
 
 channels.adapters.telegram = telegram
