@@ -1,11 +1,12 @@
 -- Benchmark config. SWITCHBOARD_BENCH_DIR (this folder), SWITCHBOARD_BENCH_DATA,
--- SWITCHBOARD_BENCH_SYNC (full | normal) and SWITCHBOARD_BENCH_CALLBACK come
--- from tests/bench/run.py.
+-- SWITCHBOARD_BENCH_SYNC (full | normal), SWITCHBOARD_BENCH_BOT (a bot name,
+-- or "none" for ingest only) and SWITCHBOARD_BENCH_CALLBACK come from
+-- tests/bench/run.py.
 local here = env("SWITCHBOARD_BENCH_DIR") or "tests/bench"
 return {
   listen = "127.0.0.1:0",
   data_dir = env("SWITCHBOARD_BENCH_DATA") or "/tmp/switchboard-bench",
-  log = { level = "warn" },
+  log = { level = "error" },   -- "no bot configured" warnings would flood the ingest-only row
   paths = {
     scripts = here .. "/../../scripts",
     providers = here .. "/../../providers",
