@@ -240,6 +240,11 @@ static int conv_read(lua_State *L)
     luaL_checktype(L, 2, LUA_TTABLE);
     job = sb_job_checkwait(L);
     check_cursor(L, 2);
+    if (!store_running()) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "the store is not open");
+        return 2;
+    }
     if (!strcmp(kind, "conversation")) {
         lua_Integer n = 20;
         op = store_op_new(STORE_READ_CONVERSATION);

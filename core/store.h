@@ -103,6 +103,8 @@ typedef void (*store_commit_fn)(void *arg, int ok);
 /* Calls fn(arg, ok) once batch seq is committed (at once if it is). */
 void store_when_committed(uint64_t seq, store_commit_fn fn, void *arg);
 
+/* 1 once store_start ran (reads are possible). */
+int store_running(void);
 /* Runs a read after every write queued before it; fn gets JSON text (or
  * NULL and an error message) on the loop thread. Takes ownership of op. */
 typedef void (*store_read_fn)(void *arg, const char *json, size_t len, const char *error);

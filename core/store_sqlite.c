@@ -528,9 +528,17 @@ void store_when_committed(uint64_t seq, store_commit_fn fn, void *arg)
     waiters_tail = x;
 }
 
+int store_running(void) { return thread_running; }
+
 void store_read(struct store_op *op, store_read_fn fn, void *arg)
 {
-    struct work *w = sb_xcalloc(1, sizeof *w);
+    struct work *w;
+    if (!thread_running) {
+        store_op_free(op);
+        fn(arg, NULL, 0, "the store is not open");
+        return;
+    }
+    w = sb_xcalloc(1, sizeof *w);
     w->kind = WORK_READ;
     w->ops = op;
     w->read_fn = fn;

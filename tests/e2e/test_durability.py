@@ -5,6 +5,7 @@ conversations, pending outbox entries, handler-created timers and state
 import collections
 import http.client
 import json
+import os
 import signal
 import threading
 import time
@@ -20,9 +21,10 @@ from convkit import (
     setup_echo_daemon,
 )
 
-N_THREADS = 6
-PER_THREAD = 50  # 300 messages in all
-CLIENTS_PER_THREAD = 5
+N_THREADS = 10
+PER_THREAD = 40  # 400 messages in all
+CLIENTS_PER_THREAD = 4
+KILLS = 3  # SIGKILLs spread over the stream
 
 
 def settle(seconds=0.5):
@@ -39,9 +41,12 @@ def test_kill9_under_load_loses_no_acknowledged_message(fakes, daemon, sync):
     total = N_THREADS * PER_THREAD
 
     lock = threading.Lock()
-    acks = {}  # our message key -> (client_id, text, 202 body, acknowledged after the kill?)
+    acks = {}  # our message key -> (client_id, text, 202 body, kills before the acknowledgement)
     errors = []
-    killed = threading.Event()
+    resent = set()  # keys that had to be sent again (no answer, or 503)
+    kill_points = [total * (k + 1) // (KILLS + 1) for k in range(KILLS)]
+    kill_events = [threading.Event() for _ in kill_points]
+    stage = {"kills": 0, "armed": True}  # the next kill waits until the previous restart is done
 
     def worker(t):
         for i in range(PER_THREAD):
@@ -55,9 +60,20 @@ def test_kill9_under_load_loses_no_acknowledged_message(fakes, daemon, sync):
                 except (OSError, http.client.HTTPException):
                     resp = None  # the daemon is down or was killed mid-request: send again, same key
                 if resp is not None and resp.status == 202:
+                    kill_now = None
                     with lock:
-                        acks[key] = (client, text, resp.json(), killed.is_set())
+                        acks[key] = (client, text, resp.json(), stage["kills"])
+                        k = stage["kills"]
+                        if stage["armed"] and k < KILLS and len(acks) >= kill_points[k]:
+                            stage["armed"] = False
+                            stage["kills"] += 1
+                            kill_now = k
+                    if kill_now is not None:
+                        os.kill(daemon.pid, signal.SIGKILL)  # right here, with the other senders in flight
+                        kill_events[kill_now].set()
                     break
+                with lock:
+                    resent.add(key)
                 if resp is not None and resp.status != 503:
                     with lock:
                         errors.append(f"{key}: {resp!r}")
@@ -71,17 +87,19 @@ def test_kill9_under_load_loses_no_acknowledged_message(fakes, daemon, sync):
     threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(N_THREADS)]
     for th in threads:
         th.start()
-    wait_until(lambda: len(acks) >= total // 2, timeout=60, message=f"{total // 2} acknowledged messages")
-    killed.set()
-    acked_before_kill = len(acks)
-    code = daemon.restart(sig=signal.SIGKILL)
-    assert code == -signal.SIGKILL, f"the daemon was not running when killed (exit {code})"
+    for k, ev in enumerate(kill_events):
+        assert ev.wait(60), f"kill {k + 1}: {kill_points[k]} messages not acknowledged within 60 s"
+        code = daemon.restart(sig=signal.SIGKILL)  # already killed by a sender: waits for it, starts anew
+        assert code == -signal.SIGKILL, f"the daemon was not running when killed (exit {code})"
+        with lock:
+            stage["armed"] = True
     for th in threads:
         th.join(timeout=150)
     assert not any(th.is_alive() for th in threads), "senders did not finish"
     assert not errors, errors[:10]
     assert len(acks) == total
-    assert acked_before_kill < total, "the kill came after the stream ended; nothing was tested"
+    acked_before_last_kill = sum(1 for (_c, _t, _b, kills) in acks.values() if kills < KILLS)
+    assert acked_before_last_kill < total, "the last kill came after the stream ended"
 
     # one conversation per client, every acknowledged message stored exactly once
     by_client = collections.defaultdict(list)
@@ -121,7 +139,9 @@ def test_kill9_under_load_loses_no_acknowledged_message(fakes, daemon, sync):
         assert len(keys) == 1 and len(mids) == 1, (
             f"{text!r} delivered {len(reqs)} times as different deliveries: keys {keys}, message ids {mids}")
     dup = sum(len(v) - 1 for v in deliveries.values())
-    print(f"sync={sync}: {acked_before_kill} acknowledged before the kill, {dup} repeated deliveries")
+    dup_acks = sum(1 for (_c, _t, body, _a) in acks.values() if body.get("duplicate"))
+    print(f"sync={sync}: kills after {kill_points} acknowledgements, {len(resent)} sent again "
+          f"({dup_acks} of them answered as duplicates), {dup} repeated deliveries")
 
     # per conversation, the replies arrive in the order of the client messages (first arrivals)
     first_seen = []
