@@ -41,11 +41,32 @@ static long client_max_response = 16 << 20;
 
 static void check_multi_info(void);
 
+/* Finished easy handles are reset and reused: creating one per request
+ * costs more than the request itself on loopback. */
+#define EASY_POOL_MAX 64
+static CURL *easy_pool[EASY_POOL_MAX];
+static int easy_pooled;
+
+static CURL *easy_get(void)
+{
+    return easy_pooled > 0 ? easy_pool[--easy_pooled] : curl_easy_init();
+}
+
+static void easy_put(CURL *e)
+{
+    if (easy_pooled < EASY_POOL_MAX) {
+        curl_easy_reset(e);
+        easy_pool[easy_pooled++] = e;
+    } else {
+        curl_easy_cleanup(e);
+    }
+}
+
 static void call_free(struct sb_http_call *c)
 {
     if (c->easy) {
         curl_multi_remove_handle(multi, c->easy);
-        curl_easy_cleanup(c->easy);
+        easy_put(c->easy);
     }
     curl_slist_free_all(c->req_headers);
     if (c->body)
@@ -271,7 +292,7 @@ struct sb_http_call *sb_http_start(const struct sb_http_request *req, sb_http_do
     c->body = evbuffer_new();
     c->headers = evbuffer_new();
     c->max_body = (size_t)client_max_response;
-    c->easy = curl_easy_init();
+    c->easy = easy_get();
     if (!c->easy) {
         snprintf(err, err_size, "cannot create a transfer");
         call_free(c);
@@ -336,6 +357,8 @@ void sb_httpclient_configure(long max_response_bytes)
 
 void sb_httpclient_shutdown(void)
 {
+    while (easy_pooled > 0)
+        curl_easy_cleanup(easy_pool[--easy_pooled]);
     if (multi) {
         curl_multi_cleanup(multi);
         multi = NULL;

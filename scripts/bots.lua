@@ -30,9 +30,13 @@ function bots.deliver(conv, m)
       context = { conversation = conv.id, bot = name },
     }
   elseif bot.type == "lua" then
+    -- the message travels with the job: a bot that lags far behind still
+    -- sees it after it left the in-memory window
     outbox.call{
       conversation = conv, target = "bots.run_lua", lane = conv.id .. "|bot:" .. name,
-      data = { conversation = conv.id, bot = name, message = m.id },
+      data = { conversation = conv.id, bot = name,
+               message = { id = m.id, seq = m.seq, author = m.author, text = m.text,
+                           attachments = m.attachments, created = m.created } },
     }
   else
     log.error("unknown bot type", { bot = name, type = tostring(bot.type) })
@@ -64,12 +68,7 @@ function bots.run_lua(data)
     return
   end
   local module = require(bot.module)
-  local msg = conv:message(data.message)
-  if not msg then
-    log.warn("bot message no longer in memory", { conversation = conv.id, message = data.message })
-    return
-  end
-  local out = module.on_message(conv, msg)
+  local out = module.on_message(conv, data.message)
   if type(out) == "table" then
     flow.bot_replies(conv, out.replies or out, data.bot)
   end
