@@ -99,6 +99,35 @@ function api.retry_dead(req)
   return 202, { id = entry.id, state = "pending" }
 end
 
+-- Ends a live chat: {"reason": "optional text"} -> the desk is told, the
+-- client gets lastMessage, the bot gets livechatFinished with reason "api".
+function api.end_chat(req)
+  auth(req)
+  local conv = conversations.get(req.params.id)
+  if not conv then http_error(404, "not_found", "no such conversation") end
+  if not livechat.finish(conv, "api") then
+    http_error(409, "not_in_live_chat", "the conversation is not queued for or with an agent")
+  end
+  return 200, { conversation_id = conv.id, state = conv.state }
+end
+
+-- Would a switch to this group find an agent now? ?desk= picks the desk.
+function api.availability(req)
+  auth(req)
+  local desk = req.query.desk
+  if not desk then
+    for name in pairs(config.desks or {}) do desk = name break end
+  end
+  if not desk or not desks.instance(desk) then http_error(404, "unknown_desk", "no such desk") end
+  local known, err = desks.destinations(desk)
+  if not known then http_error(502, "desk_unavailable", tostring(err)) end
+  local d = known[req.params.name]
+  if not d then http_error(404, "unknown_group", "the desk does not know this group") end
+  return 200, { desk = desk, group = req.params.name, name = d.name, online = d.online == true }
+end
+
+route("POST", "/v1/conversations/{id}/end", "api.end_chat")
+route("GET", "/v1/groups/{name}/availability", "api.availability")
 route("GET", "/v1/conversations", "api.conversations")
 route("GET", "/v1/conversations/{id}", "api.conversation")
 route("GET", "/v1/conversations/{id}/messages", "api.messages")

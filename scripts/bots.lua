@@ -43,6 +43,45 @@ function bots.deliver(conv, m)
   end
 end
 
+-- An event for the channel's bot (JAICP's noLivechatOperatorsOnline,
+-- livechatFinished): external bots get {"event": name, "data": {...}, ...}
+-- like a message; Lua bots get module.on_event(conv, name, data). Both may
+-- answer with replies.
+function bots.event(conv, event, data)
+  local name, bot = bots.for_channel(conv.channel)
+  if not bot then return end
+  if bot.type == "http" then
+    local headers = {}
+    if bot.secret then headers.Authorization = "Bearer " .. bot.secret end
+    outbox.send{
+      conversation = conv, target = "bot:" .. name, url = bot.url, headers = headers,
+      body = {
+        conversation_id = conv.id, client_id = conv.client_id, channel = conv.channel,
+        client = conv.client, event = event, data = data or {},
+      },
+      on_result = "bots.on_http_result",
+      context = { conversation = conv.id, bot = name },
+    }
+  elseif bot.type == "lua" then
+    outbox.call{
+      conversation = conv, target = "bots.run_lua_event", lane = conv.id .. "|bot:" .. name,
+      data = { conversation = conv.id, bot = name, event = event, data = data or {} },
+    }
+  end
+end
+
+function bots.run_lua_event(d)
+  local conv = conversations.get(d.conversation)
+  local bot = config.bots and config.bots[d.bot]
+  if not conv or not bot then return end
+  local module = require(bot.module)
+  if type(module.on_event) ~= "function" then return end
+  local out = module.on_event(conv, d.event, d.data)
+  if type(out) == "table" then
+    flow.bot_replies(conv, out.replies or out, d.bot)
+  end
+end
+
 -- The external bot's synchronous answer: {"replies": [...]} or nothing.
 function bots.on_http_result(result, ctx)
   local conv = conversations.get(ctx.conversation)

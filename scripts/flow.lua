@@ -75,10 +75,13 @@ local function normalize_buttons(list)
 end
 
 -- Bot replies in the JAICP format -> stored bot messages sent to the client.
--- Returns the ids of the messages created.
+-- A `switch` reply is planned first (destination, availability), so that the
+-- close-chat button lands on the message that announces the transfer; it is
+-- carried out after the bot's messages went out. Returns the ids of the
+-- messages created.
 function flow.bot_replies(conv, replies, bot_name)
   if type(replies) ~= "table" then return {} end
-  local out, last = {}, nil
+  local out, last, switch = {}, nil, nil
   for _, r in ipairs(replies) do
     local t = type(r) == "table" and r.type or nil
     if t == "text" and type(r.text) == "string" then
@@ -97,19 +100,35 @@ function flow.bot_replies(conv, replies, bot_name)
                attachments = { { url = r.imageUrl, type = "image" } } }
       out[#out + 1] = last
     elseif t == "switch" then
-      if flow.on_switch then
-        flow.on_switch(conv, r, bot_name)
-      else
-        conv:journal("switch_unsupported", { bot = bot_name })
-      end
+      switch = livechat.normalize(r)
     else
       conv:journal("reply_skipped", { type = t or type(r), bot = bot_name })
     end
   end
+
+  local plan
+  if switch then
+    plan = livechat.plan(conv, switch)
+    local phrase = switch.close_chat_phrases[1]
+    if plan.action == "switch" and switch.append_close_chat_button and phrase then
+      local target
+      for i = #out, 1, -1 do
+        if out[i].text ~= "" then target = out[i] break end
+      end
+      if not target then
+        local desk = desks.instance(plan.desk) or {}
+        target = { text = desk.transfer_message or "Connecting you with an agent.", system = true }
+        out[#out + 1] = target
+      end
+      target.buttons = target.buttons or {}
+      table.insert(target.buttons, { text = phrase, payload = phrase })
+    end
+  end
+
   local ids = {}
   for _, o in ipairs(out) do
     local m = conv:append{
-      author = { kind = "bot", name = bot_name },
+      author = o.system and { kind = "system" } or { kind = "bot", name = bot_name },
       text = o.text,
       buttons = o.buttons and #o.buttons > 0 and o.buttons or nil,
       attachments = o.attachments,
@@ -117,5 +136,6 @@ function flow.bot_replies(conv, replies, bot_name)
     ids[#ids + 1] = m.id
     channels.send(conv, m)
   end
+  if plan then livechat.execute(conv, plan, bot_name) end
   return ids
 end

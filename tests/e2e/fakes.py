@@ -167,6 +167,9 @@ class JsonFake:
                     data = body.encode()
                 else:
                     data = body or b""
+                if status in (204, 304) or 100 <= status < 200:
+                    data = b""  # no body allowed
+                    headers = {k: v for k, v in (headers or {}).items() if k.lower() != "content-type"}
                 req.status = status
                 with fake.lock:
                     fake.requests.append(req)
@@ -177,7 +180,8 @@ class JsonFake:
                     self.send_response(status)
                     for k, v in (headers or {}).items():
                         self.send_header(k, str(v))
-                    self.send_header("Content-Length", str(len(data)))
+                    if status not in (204, 304):
+                        self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(data)
@@ -303,6 +307,12 @@ class CallbackReceiver(JsonFake):
     def always_fail(self, status=500, headers=None):
         with self.lock:
             self.always = Scripted(status, headers, {"error": f"scripted {status}"}, times=None)
+        return self
+
+    def always_answer(self, status, headers=None, body=None):
+        """Answer every valid request with ``status`` (e.g. another 2xx)."""
+        with self.lock:
+            self.always = Scripted(status, headers, body if body is not None else {"ok": True}, times=None)
         return self
 
     def heal(self):

@@ -455,3 +455,61 @@ def test_limit_bounds_are_accepted(fakes, daemon):
         resp = api.get(f"/v1/conversations/{cid}/messages", limit=limit)
         assert resp.status == 200, resp
         assert len(resp.json()["messages"]) == 1
+
+
+def test_buttons_reply_sent_alone(fakes, daemon):
+    replies = [{"type": "buttons", "buttons": [{"text": "A", "payload": "a"}]}]
+    api, cb, bot = setup_http_bot_daemon(daemon, fakes, bot_reply=lambda body: {"replies": replies})
+    api.send("c-alone", "buttons please")
+    req = cb.wait_for(lambda reqs: [r for r in reqs if r.ok or r.problems], message="a callback request")[0]
+    cb.assert_no_violations()
+    assert [b["text"] for b in req.json["message"]["buttons"]] == ["A"]
+
+
+def test_concurrent_first_messages_of_one_client_make_one_conversation(fakes, daemon):
+    import threading
+
+    api, cb, bot = setup_http_bot_daemon(daemon, fakes, bot_reply=lambda body: None)
+    results, lock = [], threading.Lock()
+
+    def send(i):
+        r = api.post_message({"client_id": "c-race", "text": f"t{i}"})
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [r.status for r in results] == [202] * 20, results
+    conv_ids = {r.json()["conversation_id"] for r in results}
+    assert len(conv_ids) == 1, conv_ids
+    msgs = api.messages_all(conv_ids.pop())
+    assert sorted(m["text"] for m in msgs) == sorted(f"t{i}" for i in range(20))
+    assert [m["seq"] for m in msgs] == list(range(1, 21))
+
+
+def test_concurrent_repeats_of_one_message_id_store_it_once(fakes, daemon):
+    import threading
+
+    api, cb, bot = setup_http_bot_daemon(daemon, fakes, bot_reply=lambda body: None)
+    results, lock = [], threading.Lock()
+
+    def send():
+        r = api.post_message({"client_id": "c-rep", "text": "same", "message_id": "rep-1"})
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=send) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [r.status for r in results] == [202] * 10, results
+    bodies = [r.json() for r in results]
+    assert len({(b["conversation_id"], b["message_id"]) for b in bodies}) == 1, bodies
+    assert sum(1 for b in bodies if b.get("duplicate") is True) == 9, bodies
+    assert len(api.messages_all(bodies[0]["conversation_id"])) == 1
+    settle(0.5)
+    assert len(bot.calls()) == 1

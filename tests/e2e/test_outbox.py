@@ -300,3 +300,88 @@ def test_http_bot_4xx_is_dead_at_once(fakes, daemon):
     assert dead[0]["url"] == bot.bot_url
     assert dead[0]["conversation_id"] == ack["conversation_id"]
     assert cb.accepted() == []
+
+
+@pytest.mark.parametrize("status", [201, 202, 204])
+def test_any_2xx_is_success(fakes, daemon, status):
+    cb = fakes.callback().always_answer(status)
+    api = setup_echo_daemon(daemon, cb)
+    api.send("c-2xx", "one")
+    api.send("c-2xx", "two")
+    cb.wait_for_texts(["you said: one", "you said: two"])
+    settle(0.5)
+    assert [r.status for r in cb.attempts()] == [status, status]
+    assert api.dead_all() == []
+
+
+def test_http_bot_unreadable_body_is_dead_lettered(fakes, daemon):
+    """A 2xx whose body is not the reply format: the result cannot be used,
+    so the delivery is dead-lettered with that error (not retried for ever)."""
+    api, cb, bot = setup_http_bot(daemon, fakes, reply=lambda body: "this is not JSON")
+    ack = api.send("c-badbot", "hello")
+    dead = wait_dead(api)
+    settle(0.5)
+    assert len(bot.calls()) == 1, bot.calls()
+    assert dead[0]["url"] == bot.bot_url
+    assert dead[0]["conversation_id"] == ack["conversation_id"]
+    assert dead[0]["reason"]
+    assert cb.accepted() == []
+
+
+FLAKY_LUA_BOT = """
+-- Fails its first `config.bot_failures` calls, then echoes.
+local M = {}
+
+function M.on_message(conv, msg)
+  local n = (state.get("bot_calls") or 0) + 1
+  state.set("bot_calls", n)
+  if n <= (config.bot_failures or 0) then
+    error("bot failure number " .. n)
+  end
+  return { { type = "text", text = "you said: " .. msg.text } }
+end
+
+return M
+"""
+
+
+def setup_flaky_lua_bot(daemon, fakes, failures, max_attempts):
+    cb = fakes.callback()
+    install_lua_tree(daemon)
+    daemon.write_script("scripts/bots/flaky.lua", FLAKY_LUA_BOT)
+    write_conv_config(daemon, channels={"web": webhook_channel(cb.callback_url, bot="flaky")},
+                      bots={"flaky": {"type": "lua", "module": "bots.flaky"}},
+                      outbox={"max_attempts": max_attempts}, bot_failures=failures)
+    daemon.start()
+    return Api(daemon), cb
+
+
+def test_lua_bot_error_is_retried(fakes, daemon):
+    api, cb = setup_flaky_lua_bot(daemon, fakes, failures=2, max_attempts=10)
+    api.send("c-flaky", "hi")
+    cb.wait_for_text("you said: hi")
+    settle(0.5)
+    assert cb.accepted_texts() == ["you said: hi"]
+    assert api.dead_all() == []
+
+
+def test_lua_bot_always_failing_is_dead_lettered(fakes, daemon):
+    api, cb = setup_flaky_lua_bot(daemon, fakes, failures=1000, max_attempts=3)
+    ack = api.send("c-broken", "hi")
+    dead = wait_dead(api)
+    assert dead[0]["attempts"] == 3, dead
+    assert dead[0]["conversation_id"] == ack["conversation_id"]
+    assert "bot failure number" in dead[0]["reason"], dead[0]
+    assert cb.accepted() == []
+
+
+def test_pending_gauge_counts_waiting_entries(fakes, daemon):
+    cb = fakes.callback().always_fail(503)
+    api = setup_echo_daemon(daemon, cb, outbox={"max_attempts": 1000})
+    for i in range(3):
+        api.send("c-gauge", f"g{i}")
+    wait_until(lambda: metric_sum(daemon, "switchboard_outbox_pending") >= 3, timeout=10,
+               message="switchboard_outbox_pending >= 3 while the callback fails")
+    cb.heal()
+    cb.wait_for_texts([f"you said: g{i}" for i in range(3)])
+    wait_until(lambda: metric_sum(daemon, "switchboard_outbox_pending") == 0, message="pending back to 0")

@@ -18,10 +18,19 @@ from fakes import tg_callback_update, tg_text_update, tg_user
 TG_SECRET = "tg-secret-token_1"
 
 MENU_BOT_LUA = """
--- Echoes, and answers "menu" with buttons (returned directly as an array).
+-- Echoes, and answers "menu" with buttons (returned directly as an array),
+-- "long" with a text over Telegram's 4096 characters, "wide" with a button
+-- whose payload is over callback_data's 64 bytes.
 local M = {}
 
 function M.on_message(conv, msg)
+  if msg.text == "long" then
+    return { { type = "text", text = string.rep("\\u{0436}", 3000) .. string.rep("z", 3000) } }
+  end
+  if msg.text == "wide" then
+    return { { type = "text", text = "Wide" },
+             { type = "buttons", buttons = { { text = "W", payload = "x" .. string.rep("\\u{0434}", 40) } } } }
+  end
   if msg.text == "menu" then
     return {
       { type = "text", text = "Pick one" },
@@ -281,3 +290,25 @@ def test_wrong_bot_token_is_dead_lettered(fakes, daemon):
     tries = [r for r in tg.snapshot() if r.path.endswith("/sendMessage")]
     assert len(tries) == 1 and tries[0].status == 401, tries
     assert "401" in dead[0]["reason"] or "Unauthorized" in dead[0]["reason"], dead[0]
+
+
+def test_long_reply_fits_telegram_text_limit(fakes, daemon):
+    """sendMessage takes 1-4096 characters: a longer reply must still arrive whole."""
+    api, tg = setup_tg(daemon, fakes)
+    post_update_ok(daemon, tg_text_update("long"))
+    want = "\u0436" * 3000 + "z" * 3000
+    wait_until(lambda: "".join(r.json["text"] for r in tg.sent_messages()) == want, timeout=15,
+               message=f"the long reply to arrive whole (calls: {tg.snapshot()!r})")
+    tg.assert_no_violations()
+    assert all(r.status == 200 for r in tg.calls("sendMessage"))
+
+
+def test_long_button_payload_is_valid_callback_data(fakes, daemon):
+    """callback_data is 1-64 bytes of UTF-8: a longer payload must not break the request."""
+    api, tg = setup_tg(daemon, fakes)
+    post_update_ok(daemon, tg_text_update("wide"))
+    wait_until(lambda: tg.sent_messages() or tg.violations, timeout=15, message="a sendMessage call")
+    tg.assert_no_violations()
+    sent = tg.sent_messages()[0]
+    data = sent.json["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+    assert 1 <= len(data.encode()) <= 64
