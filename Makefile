@@ -11,7 +11,7 @@ THREADS  = -pthread
 
 # Debian packages the build, the tests and the benchmark need.
 DEB_PACKAGES = gcc make pkg-config liblua5.4-dev lua-cjson-dev libevent-dev \
-               libcurl4-openssl-dev libsqlite3-dev python3 python3-pytest wrk
+               libcurl4-openssl-dev libsqlite3-dev lua5.4 python3 python3-pytest wrk
 
 CC      ?= cc
 WARN     = -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wcast-align -Wstrict-prototypes \
@@ -37,7 +37,7 @@ ifneq ($(BUILD),build)
 BIN      = $(BUILD)/switchboard
 endif
 
-.PHONY: all deps run test unit e2e sanitize bench install clean check-deps
+.PHONY: all deps run test unit lua-test e2e sanitize bench install clean
 
 all: $(BIN)
 
@@ -90,12 +90,17 @@ run: deps
 unit: $(BUILD)/unit_tests
 	$(BUILD)/unit_tests
 
+# Lua specs of the pure script modules (tests/lua), on Debian's lua5.4.
+lua-test:
+	lua5.4 tests/lua/run.lua
+
 e2e: $(BIN)
 	SWITCHBOARD_BIN=$(abspath $(BIN)) $(PYTHON) -m pytest tests/e2e -q -p no:cacheprovider
 
 test: deps
 	$(MAKE) all
 	$(MAKE) unit
+	$(MAKE) lua-test
 	$(MAKE) e2e
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build, whole suite on it.

