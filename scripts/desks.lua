@@ -65,8 +65,33 @@ end
 function desks.open(name, conv, group, opts) return call(name, "open", conv, group, opts) end
 function desks.close(name, conv, text) return call(name, "close", conv, text) end
 
+-- Lower case for the scripts close phrases are usually written in: ASCII,
+-- Latin-1, Latin Extended-A, Greek and Cyrillic (string.lower knows ASCII only).
+local function lower_codepoint(c)
+  if c < 0x80 then
+    if c >= 0x41 and c <= 0x5A then return c + 32 end
+  elseif (c >= 0xC0 and c <= 0xDE and c ~= 0xD7) then return c + 32
+  elseif c >= 0x100 and c <= 0x17F then
+    if (c >= 0x139 and c <= 0x148) or (c >= 0x179 and c <= 0x17E) then
+      if c % 2 == 1 then return c + 1 end
+    elseif c % 2 == 0 and c ~= 0x138 then return c + 1 end
+  elseif c >= 0x391 and c <= 0x3AB and c ~= 0x3A2 then return c + 32
+  elseif c >= 0x410 and c <= 0x42F then return c + 32
+  elseif c >= 0x400 and c <= 0x40F then return c + 80
+  end
+  return c
+end
+
+local function fold(s)
+  if not utf8.len(s) then return s:lower() end
+  local out = {}
+  for _, c in utf8.codes(s) do out[#out + 1] = utf8.char(lower_codepoint(c)) end
+  return table.concat(out)
+end
+desks.fold = fold
+
 local function trim_lower(s)
-  return (s:gsub("^%s+", ""):gsub("%s+$", "")):lower()
+  return fold((s:gsub("^%s+", ""):gsub("%s+$", "")))
 end
 
 -- A client message while the conversation is queued for or with an agent.

@@ -5,6 +5,7 @@ flow = {}
 local profile_fields = {
   name = true, email = true, phone = true, page_url = true, start_page = true, ip = true,
   language = true, browser = true, os = true, location = true, last_visit = true, custom = true,
+  group = true,   -- the platform's group/department id, for routing (docs/handoff.md)
 }
 flow.profile_fields = profile_fields
 

@@ -67,7 +67,16 @@ function livechat.plan(conv, sw)
   if not known then
     log.warn("desk destinations unavailable", { desk = name, error = tostring(err) })
   end
-  local group, rule, reason = routing.resolve(sw.destination, desk, known)
+  local requested = sw.destination
+  local mapped_why
+  if not requested then
+    -- no destination in the switch: the desk may map the client's platform
+    -- group or the page the chat started on to a group (then rule 1 applies)
+    local client = conv.client
+    requested, mapped_why = routing.map_group(desk, client.group, client.start_page or client.page_url)
+  end
+  local group, rule, reason = routing.resolve(requested, desk, known)
+  if mapped_why and rule == 1 then reason = "mapped from " .. mapped_why end
   local plan = { desk = name, group = group, rule = rule, reason = reason, sw = sw }
   if not group then
     plan.action, plan.reason = "error", reason

@@ -84,8 +84,9 @@ class Scripted:
     """A scripted answer used for the next ``times`` matching requests
     (``times=None``: for ever)."""
 
-    def __init__(self, status, headers=None, body=None, times=1, match=None):
+    def __init__(self, status, headers=None, body=None, times=1, match=None, delay=0.0):
         self.status = status
+        self.delay = delay
         self.headers = headers if callable(headers) else dict(headers or {})
         self.body = body
         self.times = times
@@ -102,6 +103,8 @@ class Scripted:
 
     def answer(self, req):
         """(status, body, headers); ``headers`` may be a function of the request."""
+        if self.delay:
+            time.sleep(self.delay)  # called outside the fake's lock
         headers = self.headers(req) if callable(self.headers) else self.headers
         return self.status, self.body, headers
 
@@ -153,6 +156,8 @@ class JsonFake:
             def _handle(self):
                 raw = _read_body(self)
                 req = Request(time.monotonic(), time.time(), self.command, self.path, self.headers, raw)
+                with fake.lock:
+                    fake.requests.append(req)  # in arrival order; .status is set once answered
                 try:
                     if fake.delay:
                         time.sleep(fake.delay)
@@ -170,9 +175,8 @@ class JsonFake:
                 if status in (204, 304) or 100 <= status < 200:
                     data = b""  # no body allowed
                     headers = {k: v for k, v in (headers or {}).items() if k.lower() != "content-type"}
-                req.status = status
                 with fake.lock:
-                    fake.requests.append(req)
+                    req.status = status
                     if req.problems:
                         fake.violations.append((req, list(req.problems)))
                     fake.changed.notify_all()
@@ -207,6 +211,14 @@ class JsonFake:
 
     def respond(self, req):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _pick(self, req, script, always=None):
+        """The first scripted answer that takes this request, else ``always``."""
+        with self.lock:
+            for s in script:
+                if s.take(req):
+                    return s
+            return always
 
     # ---- inspection ------------------------------------------------------
 
@@ -293,6 +305,12 @@ class CallbackReceiver(JsonFake):
             self.script.append(Scripted(status, headers, {"error": f"scripted {status}"}, times=n))
         return self
 
+    def stall_first(self, n, seconds, status=200):
+        """Answer the next ``n`` requests only after ``seconds``."""
+        with self.lock:
+            self.script.append(Scripted(status, None, {"ok": True}, times=n, delay=seconds))
+        return self
+
     def retry_after_once(self, value, status=429):
         """One ``status`` answer with ``Retry-After: value``; ``value`` may be
         a function of the request (e.g. to compute an HTTP date then)."""
@@ -374,12 +392,9 @@ class CallbackReceiver(JsonFake):
         req.problems.extend(self.validate(req))
         if req.problems:
             return 400, {"error": "; ".join(req.problems)}, {}
-        with self.lock:
-            for s in self.script:
-                if s.take(req):
-                    return s.answer(req)
-            if self.always is not None:
-                return self.always.answer(req)
+        picked = self._pick(req, self.script, self.always)
+        if picked is not None:
+            return picked.answer(req)
         return 200, {"ok": True}, {}
 
     # ---- inspection ------------------------------------------------------
@@ -521,12 +536,9 @@ class FakeBot(JsonFake):
         req.problems.extend(self.validate(req))
         if req.problems:
             return 400, {"error": "; ".join(req.problems)}, {}
-        with self.lock:
-            for s in self.script:
-                if s.take(req):
-                    return s.answer(req)
-            if self.always is not None:
-                return self.always.answer(req)
+        picked = self._pick(req, self.script, self.always)
+        if picked is not None:
+            return picked.answer(req)
         body = self.reply(req.json)
         return 200, body, {}
 
@@ -631,10 +643,9 @@ class FakeTelegram(JsonFake):
         if problem:
             req.problems.append(problem)
             return self._error(400, problem)
-        with self.lock:
-            for s in self.script[method]:
-                if s.take(req):
-                    return s.answer(req)
+        picked = self._pick(req, self.script[method])
+        if picked is not None:
+            return picked.answer(req)
         return handler(req, params, check_only=False)
 
     def _send_message(self, req, params, check_only):
