@@ -54,10 +54,12 @@ static int conv_gc(lua_State *L)
 
 static void push_json_or_nil(lua_State *L, const char *json)
 {
-    if (json)
-        sb_json_decode(L, json, strlen(json));
-    else
+    if (!json)
         lua_pushnil(L);
+    else if ((json[0] == '[' && json[1] == ']' && !json[2]) || (json[0] == '{' && json[1] == '}' && !json[2]))
+        lua_newtable(L);   /* the common empty case, without a trip through cjson */
+    else
+        sb_json_decode(L, json, strlen(json));
 }
 
 static void push_msg(lua_State *L, const struct sb_msg *m)

@@ -297,45 +297,45 @@ uint64_t sb_conv_journal(struct sb_conv *c, const char *type, const char *data_j
     return seq;
 }
 
+/* Scratch buffer for building small JSON texts on the loop thread. */
+static struct evbuffer *scratch;
+
+static char *scratch_take(void)
+{
+    size_t len = evbuffer_get_length(scratch);
+    char *out = sb_xmalloc(len + 1);
+    evbuffer_remove(scratch, out, len);
+    out[len] = '\0';
+    return out;
+}
+
 /* Builds {"k1":v1,...} where values are JSON already (or NULL: null). */
 static char *json_object_of(const char *const *keys, const char *const *json_values, int n)
 {
-    struct evbuffer *b = evbuffer_new();
-    char *out;
-    size_t len;
     int i;
-    evbuffer_add(b, "{", 1);
+    if (!scratch)
+        scratch = evbuffer_new();
+    evbuffer_add(scratch, "{", 1);
     for (i = 0; i < n; i++) {
+        const char *v = json_values[i] ? json_values[i] : "null";
         if (i)
-            evbuffer_add(b, ",", 1);
-        sb_json_quote(b, keys[i], strlen(keys[i]));
-        evbuffer_add(b, ":", 1);
-        evbuffer_add_printf(b, "%s", json_values[i] ? json_values[i] : "null");
+            evbuffer_add(scratch, ",", 1);
+        sb_json_quote(scratch, keys[i], strlen(keys[i]));
+        evbuffer_add(scratch, ":", 1);
+        evbuffer_add(scratch, v, strlen(v));
     }
-    evbuffer_add(b, "}", 1);
-    len = evbuffer_get_length(b);
-    out = sb_xmalloc(len + 1);
-    evbuffer_remove(b, out, len);
-    out[len] = '\0';
-    evbuffer_free(b);
-    return out;
+    evbuffer_add(scratch, "}", 1);
+    return scratch_take();
 }
 
 static char *json_string_or_null(const char *s)
 {
-    struct evbuffer *b;
-    char *out;
-    size_t len;
     if (!s)
         return sb_xstrdup("null");
-    b = evbuffer_new();
-    sb_json_quote(b, s, strlen(s));
-    len = evbuffer_get_length(b);
-    out = sb_xmalloc(len + 1);
-    evbuffer_remove(b, out, len);
-    out[len] = '\0';
-    evbuffer_free(b);
-    return out;
+    if (!scratch)
+        scratch = evbuffer_new();
+    sb_json_quote(scratch, s, strlen(s));
+    return scratch_take();
 }
 
 struct sb_conv *sb_conv_create(const char *channel, const char *client_id, const char *profile)
@@ -709,6 +709,9 @@ int sb_conv_load(void)
 void sb_conv_free_all(void)
 {
     dirty_head = NULL;
+    if (scratch)
+        evbuffer_free(scratch);
+    scratch = NULL;
     tdestroy(by_client, client_key_free);
     tdestroy(by_id, conv_free);
     tdestroy(seen_keys, seen_free);

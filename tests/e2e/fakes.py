@@ -400,8 +400,8 @@ class CallbackReceiver(JsonFake):
     # ---- inspection ------------------------------------------------------
 
     def attempts(self) -> list[Request]:
-        """Every valid request, in arrival order (failed ones included)."""
-        return [r for r in self.snapshot() if not r.problems]
+        """Every valid request answered so far, in arrival order (failed ones included)."""
+        return [r for r in self.snapshot() if r.status is not None and not r.problems]
 
     def accepted(self) -> list[Request]:
         """The requests answered with a 2xx, in arrival order."""
@@ -543,7 +543,8 @@ class FakeBot(JsonFake):
         return 200, body, {}
 
     def calls(self) -> list[Request]:
-        return [r for r in self.snapshot() if not r.problems]
+        """Valid calls answered so far, in arrival order."""
+        return [r for r in self.snapshot() if r.status is not None and not r.problems]
 
     def texts(self) -> list[str]:
         return [r.json["text"] for r in self.calls()]
@@ -729,7 +730,7 @@ class FakeTelegram(JsonFake):
         """Valid API calls (answered or failed by script), in order."""
         out = []
         for r in self.snapshot():
-            if r.problems or not hasattr(r, "api_method"):
+            if r.status is None or r.problems or not hasattr(r, "api_method"):
                 continue
             if method is None or r.api_method == method:
                 out.append(r)

@@ -513,3 +513,78 @@ def test_concurrent_repeats_of_one_message_id_store_it_once(fakes, daemon):
     assert len(api.messages_all(bodies[0]["conversation_id"])) == 1
     settle(0.5)
     assert len(bot.calls()) == 1
+
+
+def test_message_id_is_forgotten_after_the_dedupe_window(fakes, daemon):
+    api, cb, bot = setup_http_bot_daemon(daemon, fakes, bot_reply=lambda body: None,
+                                         conversations={"dedupe_window": 1})
+    first = api.send("c-win", "hello", message_id="win-1")
+    dup = api.send("c-win", "hello", message_id="win-1")
+    assert dup.get("duplicate") is True and dup["message_id"] == first["message_id"]
+    time.sleep(2.2)
+    later = api.send("c-win", "hello", message_id="win-1")
+    assert later.get("duplicate") in (None, False), later
+    assert later["message_id"] != first["message_id"]
+    assert len(api.messages_all(first["conversation_id"])) == 2
+
+
+def test_conversation_shows_last_20_messages_whatever_recent_messages_is(fakes, daemon):
+    cb = fakes.callback()
+    api = setup_echo_daemon(daemon, cb, conversations={"recent_messages": 5})
+    cid = None
+    for i in range(15):
+        cid = api.send("c-recent", f"n{i}")["conversation_id"]
+    api.wait_messages(cid, lambda ms: len(ms) >= 30, timeout=30, message="30 messages")
+    last = api.conversation(cid)["messages"]
+    assert sorted(m["seq"] for m in last) == list(range(11, 31)), [m["seq"] for m in last]
+
+
+STATE_ROUTE_LUA = """
+-- Test helper: change a conversation's state from outside.
+function t_set_state(req)
+  local conv = conversations.get(req.params.id)
+  if not conv then http_error(404, "not_found", "no such conversation") end
+  local ok, err = pcall(conv.set_state, conv, req.params.state, "test")
+  if not ok then http_error(409, "invalid_transition", tostring(err)) end
+  return 200, { state = conv.state }
+end
+route("POST", "/t/state/{id}/{state}", "t_set_state")
+"""
+
+
+def test_state_filter_and_state_events(fakes, daemon):
+    cb = fakes.callback()
+    install_lua_tree(daemon)
+    write_echo_bot(daemon)
+    daemon.write_script("scripts/t_state.lua", STATE_ROUTE_LUA)
+    write_conv_config(daemon, channels={"web": webhook_channel(cb.callback_url)}, bots={"echo": lua_bot()})
+    daemon.start()
+    api = Api(daemon)
+    ids = [api.send(f"c-s{i}", "hi")["conversation_id"] for i in range(6)]
+
+    def set_state(cid, state):
+        return daemon.post(f"/t/state/{cid}/{state}")
+
+    assert set_state(ids[0], "queued").json() == {"state": "queued"}
+    assert set_state(ids[1], "queued").status == 200
+    assert set_state(ids[2], "agent").status == 200
+    assert set_state(ids[3], "closed").status == 200
+    assert set_state(ids[3], "agent").status == 409, "closed -> agent is not a transition"
+    assert set_state(ids[0], "nonsense").status == 409
+
+    def check():
+        by_state = {s: sorted(c["id"] for c in api.conversations_all(limit=2, state=s))
+                    for s in ("bot", "queued", "agent", "closed")}
+        assert by_state == {"bot": sorted(ids[4:]), "queued": sorted(ids[:2]), "agent": [ids[2]],
+                            "closed": [ids[3]]}, by_state
+        assert api.conversation(ids[2])["state"] == "agent"
+
+    check()
+    ev = [e for e in api.events_all(ids[0]) if e["type"] == "state"]
+    assert len(ev) == 1 and ev[0]["data"]["from"] == "bot" and ev[0]["data"]["to"] == "queued", ev
+    assert ev[0]["data"].get("reason") == "test"
+    assert [e for e in api.events_all(ids[3]) if e["type"] == "state"][-1]["data"]["to"] == "closed"
+
+    # states survive a restart
+    assert daemon.restart() == 0
+    check()

@@ -396,3 +396,19 @@ def test_pending_gauge_counts_waiting_entries(fakes, daemon):
     cb.heal()
     cb.wait_for_texts([f"you said: g{i}" for i in range(3)])
     wait_until(lambda: metric_sum(daemon, "switchboard_outbox_pending") == 0, message="pending back to 0")
+
+
+def test_slow_callback_times_out_and_is_retried(fakes, daemon):
+    """outbox.timeout bounds one delivery: a callback that answers after it
+    counts as a failure and the delivery is tried again (same key)."""
+    cb = fakes.callback().stall_first(1, 3.0)
+    api = setup_echo_daemon(daemon, cb, outbox={"timeout": 0.5})
+    api.send("c-slow", "tick")
+    wait_until(lambda: len(cb.attempts()) >= 2, timeout=15, message="a second attempt after the timeout")
+    settle(0.5)
+    att = cb.attempts()
+    assert len(att) == 2, att
+    assert att[0].t < att[1].t
+    assert att[1].t - att[0].t < 2.5, "the second attempt waited for the stalled one instead of timing out"
+    assert len({r.idempotency_key for r in att}) == 1
+    assert api.dead_all() == []
