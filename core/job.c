@@ -146,7 +146,7 @@ static void find_script_position(struct sb_job *job)
 
 static void finish_killed(struct sb_job *job)
 {
-    struct sb_job_outcome out = { SB_JOB_FAILED, 0, 500, "script_budget_exceeded", NULL };
+    struct sb_job_outcome out = { SB_JOB_FAILED, 0, 500, "script_budget_exceeded", NULL, NULL };
     find_script_position(job);
     count_kill(job->kill_reason);
     log_kill(job);
@@ -167,7 +167,7 @@ static void finish_error(struct sb_job *job)
 {
     lua_State *co = job->co;
     struct sb_runtime *rt = job->rt;
-    struct sb_job_outcome out = { SB_JOB_FAILED, 0, 500, "script_error", "the handler failed" };
+    struct sb_job_outcome out = { SB_JOB_FAILED, 0, 500, "script_error", "the handler failed", NULL };
 
     if (lua_type(co, -1) == LUA_TTABLE && lua_getmetatable(co, -1)) {
         lua_rawgeti(co, LUA_REGISTRYINDEX, rt->http_error_mt_ref);
@@ -192,8 +192,9 @@ static void finish_error(struct sb_job *job)
         sb_counters.lua_errors++;
         sb_log(SB_LOG_ERROR, "script error", "error", msg, "job", id, "handler", job->label,
                "traceback", lua_tostring(co, -1), NULL);
+        out.detail = msg;
+        job->on_done(job, &out);
     }
-    job->on_done(job, &out);
 }
 
 static void job_resume(struct sb_job *job, int nargs)
@@ -235,7 +236,7 @@ static void job_resume(struct sb_job *job, int nargs)
     if (job->kill_reason)
         finish_killed(job);
     else if (status == LUA_OK) {
-        struct sb_job_outcome out = { SB_JOB_DONE, nres, 0, NULL, NULL };
+        struct sb_job_outcome out = { SB_JOB_DONE, nres, 0, NULL, NULL, NULL };
         job->on_done(job, &out);
     } else
         finish_error(job);
@@ -366,7 +367,7 @@ void sb_jobs_abort_all(void)
 {
     while (jobs) {
         struct sb_job *job = jobs;
-        struct sb_job_outcome out = { SB_JOB_FAILED, 0, 503, "shutting_down", "the server is stopping" };
+        struct sb_job_outcome out = { SB_JOB_FAILED, 0, 503, "shutting_down", "the server is stopping", NULL };
         if (job->waiting && job->cancel_wait)
             job->cancel_wait(job, job->wait);
         job->waiting = 0;

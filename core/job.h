@@ -34,6 +34,7 @@ struct sb_job_outcome {
     int status;               /* SB_JOB_FAILED: HTTP status to answer with */
     const char *code;         /* SB_JOB_FAILED: machine-readable error code */
     const char *message;      /* SB_JOB_FAILED: human-readable message */
+    const char *detail;       /* SB_JOB_FAILED: the Lua error, for logs and dead letters (never sent to clients) */
 };
 
 struct sb_job;

@@ -291,7 +291,7 @@ static void job_done(struct sb_job *job, const struct sb_job_outcome *out)
         return;
     }
     snprintf(reason, sizeof reason, "%s handler failed: %s", strcmp(e->kind, "job") == 0 ? "job" : "result",
-             out->code ? out->code : "error");
+             out->detail ? out->detail : out->message ? out->message : out->code ? out->code : "error");
     if (strcmp(e->kind, "job") == 0)
         finish_failed(e, reason, -1);
     else

@@ -86,6 +86,19 @@ function telegram.receive(req)
   return 200, { ok = true }
 end
 
+-- The longest prefix of s of at most n bytes that ends on a character
+-- boundary (callback_data is 1-64 bytes of UTF-8).
+local function utf8_prefix(s, n)
+  if #s <= n then return s end
+  if not utf8.len(s) then return s:sub(1, n) end
+  local cut = 0
+  for pos in utf8.codes(s) do
+    if pos - 1 > n then break end
+    cut = pos - 1
+  end
+  return s:sub(1, cut)
+end
+
 -- Splits text into pieces of at most MAX_TEXT characters (UTF-8 aware).
 local function pieces(text)
   local out, n = {}, utf8.len(text) or #text
@@ -114,7 +127,7 @@ function telegram.send(name, inst, conv, m)
         if b.url then
           rows[#rows + 1] = { { text = b.text, url = b.url } }
         else
-          rows[#rows + 1] = { { text = b.text, callback_data = (b.payload or b.text):sub(1, 64) } }
+          rows[#rows + 1] = { { text = b.text, callback_data = utf8_prefix(b.payload or b.text, 64) } }
         end
       end
       body.reply_markup = { inline_keyboard = rows }

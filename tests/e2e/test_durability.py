@@ -46,10 +46,13 @@ def test_kill9_under_load_loses_no_acknowledged_message(fakes, daemon, sync):
     resent = set()  # keys that had to be sent again (no answer, or 503)
     kill_points = [total * (k + 1) // (KILLS + 1) for k in range(KILLS)]
     kill_events = [threading.Event() for _ in kill_points]
-    stage = {"kills": 0, "armed": True}  # the next kill waits until the previous restart is done
+    stage = {"kills": 0}
+    armed = threading.Event()  # cleared from a kill until the restart is done: no new messages meanwhile
+    armed.set()
 
     def worker(t):
         for i in range(PER_THREAD):
+            armed.wait(120)  # so each kill comes with a stream still to send
             client = f"k{t}-{i % CLIENTS_PER_THREAD}"
             key = f"t{t}-n{i:03d}"
             text = f"msg {key}"
@@ -64,8 +67,8 @@ def test_kill9_under_load_loses_no_acknowledged_message(fakes, daemon, sync):
                     with lock:
                         acks[key] = (client, text, resp.json(), stage["kills"])
                         k = stage["kills"]
-                        if stage["armed"] and k < KILLS and len(acks) >= kill_points[k]:
-                            stage["armed"] = False
+                        if armed.is_set() and k < KILLS and len(acks) >= kill_points[k]:
+                            armed.clear()
                             stage["kills"] += 1
                             kill_now = k
                     if kill_now is not None:
@@ -91,8 +94,7 @@ def test_kill9_under_load_loses_no_acknowledged_message(fakes, daemon, sync):
         assert ev.wait(60), f"kill {k + 1}: {kill_points[k]} messages not acknowledged within 60 s"
         code = daemon.restart(sig=signal.SIGKILL)  # already killed by a sender: waits for it, starts anew
         assert code == -signal.SIGKILL, f"the daemon was not running when killed (exit {code})"
-        with lock:
-            stage["armed"] = True
+        armed.set()
     for th in threads:
         th.join(timeout=150)
     assert not any(th.is_alive() for th in threads), "senders did not finish"

@@ -202,6 +202,7 @@ def test_callback_query_becomes_client_message_and_is_answered(fakes, daemon):
 
     conv = the_conversation(api)
     assert conv["client_id"] == "2222222"
+    assert api.conversation(conv["id"])["client"].get("name") == "Olga"
     msgs = api.wait_messages(conv["id"], lambda ms: len(ms) >= 4, message="4 stored messages")
     client_texts = [m["text"] for m in by_kind(msgs, "client")]
     assert client_texts == ["menu", "yes"]
