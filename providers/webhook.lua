@@ -7,6 +7,8 @@
 webhook = {}
 
 local MAX_ID = 256
+local MAX_CUSTOM_FIELDS = 50
+local MAX_ATTACHMENTS = 20
 
 local function invalid(field, what)
   http_error(422, "invalid_field", field .. " " .. what)
@@ -36,8 +38,13 @@ local function check_profile(p)
     end
     if k == "custom" then
       if type(v) ~= "table" or v[1] ~= nil then invalid("client.custom", "must be an object") end
-      local custom = {}
+      local custom, count = {}, 0
       for ck, cv in pairs(v) do
+        count = count + 1
+        if count > MAX_CUSTOM_FIELDS then invalid("client.custom", "has more than " .. MAX_CUSTOM_FIELDS .. " fields") end
+        if type(ck) ~= "string" or #ck > 64 or utf8.len(ck) == nil then
+          invalid("client.custom", "keys must be UTF-8 strings of at most 64 bytes")
+        end
         if type(cv) ~= "table" then cv = { value = cv } end
         local value = cv.value
         if type(value) ~= "string" and type(value) ~= "number" and type(value) ~= "boolean" then
@@ -57,6 +64,7 @@ end
 local function check_attachments(a)
   if is_null(a) then return nil end
   if type(a) ~= "table" then invalid("attachments", "must be an array") end
+  if #a > MAX_ATTACHMENTS then invalid("attachments", "has more than " .. MAX_ATTACHMENTS .. " items") end
   local out = {}
   for i, item in ipairs(a) do
     if type(item) ~= "table" then invalid("attachments[" .. i .. "]", "must be an object") end
