@@ -52,7 +52,8 @@ function operator_api.destinations(name, inst)
     local id = type(d) == "table" and routing.id_of(d.destinationId)
     if id then out[id] = { name = type(d.name) == "string" and d.name or id, online = truthy(d.hasOnline) } end
   end
-  state.set(key, out, tonumber(inst.availability_ttl) or 5)
+  local ttl = tonumber(inst.availability_ttl) or 5
+  if ttl > 0 then state.set(key, out, ttl) end   -- 0: ask the desk every time
   return out
 end
 
@@ -134,6 +135,12 @@ function operator_api.webhook(req)
   if not conv then http_error(404, "not_found", "no conversation for userId") end
   local event_id = routing.id_of(ev.id)
   local dedupe = event_id and ("operator_api:" .. name .. ":" .. event_id) or nil
+  -- A repeated event id is answered but not applied again. Messages are
+  -- deduplicated with the message store's key; other events here.
+  if dedupe and ev.type ~= "TextMessage" and ev.type ~= "FileMessage" then
+    if state.get(dedupe) then return 200, { ok = true, duplicate = true } end
+    state.set(dedupe, true, 86400)
+  end
 
   if ev.type == "TextMessage" then
     if type(ev.text) ~= "string" or utf8.len(ev.text) == nil then

@@ -123,7 +123,7 @@ function livechat.execute(conv, plan, bot_name)
   local sw = plan.sw
   conv:journal("switch", {
     action = plan.action, desk = plan.desk, group = plan.group, rule = plan.rule,
-    reason = plan.reason, destination = sw.destination, bot = bot_name,
+    reason = plan.reason, destination = sw.destination, bot = bot_name, theme = sw.theme,
   })
   if plan.action == "error" then
     log.error("switch failed", { conversation = conv.id, reason = plan.reason })

@@ -11,20 +11,25 @@ Lua bot module. Desk: ``support`` of type ``operator_api``.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
 import pytest
 
 import conftest
-from conftest import assert_json_error, dedent, free_port, wait_until
-from convkit import API_TOKEN, Api, http_bot, install_lua_tree, lua_bot, webhook_channel, write_conv_config
+from conftest import assert_json_error, free_port, http_request, wait_until
+from convkit import Api, http_bot, install_lua_tree, lua_bot, webhook_channel, write_conv_config
 from fake_operator_api import DEFAULT_EMPLOYEE, FakeOperatorApi
-from fakes import CallbackReceiver, FakeBot, _is_str
+from fakes import CallbackReceiver, FakeBot
 
 API_KEY = "k3y"
 AGENT_NAME = f"{DEFAULT_EMPLOYEE['firstName']} {DEFAULT_EMPLOYEE['lastName']}"
 BOT_EVENTS = ("livechatFinished", "noLivechatOperatorsOnline")
+
+
+def _is_str(v):
+    return isinstance(v, str)
 
 
 # --------------------------------------------------------------------------
@@ -81,12 +86,16 @@ class HandoffBot(FakeBot):
             p.append(f"client is {body['client']!r}, expected an object")
         return p
 
+    def answered(self) -> list:
+        """Valid requests already answered (the fake records them on arrival)."""
+        return [r for r in self.calls() if r.status is not None]
+
     def messages(self, conv_id=None) -> list[dict]:
-        return [r.json for r in self.calls()
+        return [r.json for r in self.answered()
                 if r.json.get("event") == "message" and conv_id in (None, r.json["conversation_id"])]
 
     def events(self, conv_id=None) -> list[dict]:
-        return [r.json for r in self.calls()
+        return [r.json for r in self.answered()
                 if r.json.get("event") != "message" and conv_id in (None, r.json["conversation_id"])]
 
     def wait_event(self, conv_id, event, timeout=15.0) -> dict:
@@ -229,7 +238,8 @@ DEFAULT_GROUPS = {"15": ("Support", True), "20": ("Sales", True), "30": ("Billin
 
 @pytest.fixture
 def handoff(daemon, monkeypatch, request):
-    """Factory: ``handoff(groups=..., lua_bot=None, start=True, **desk_overrides)`` -> Env.
+    """Factory: ``handoff(groups=None, lua_bot_source=None, start=True, extra_channels=None,
+    **desk_overrides)`` -> Env (desk_overrides: keys of desks.support; None removes one).
 
     The daemon's port is chosen before the config is written (public_url must
     name it) and stays the same across restarts.
@@ -578,6 +588,60 @@ def test_rule3_admin_recipient(handoff):
     conv_id, dest, sw = _switch_and_get_destination(env, "c-1")
     assert dest == "1"
     _check_switch_event(sw, "1", 3)
+    assert_clean(env)
+
+
+def test_mapped_group_from_the_clients_platform_group(handoff):
+    """No destination in the switch: the desk's group_map maps client.group
+    to a group, treated like a named destination (rule 1)."""
+    env = handoff(group_map={"dept-7": "20"})
+    env.desk.wait_webhook()
+    env.bot.text_replies["agent please"] = [switch(ignoreOffline=True)]
+    client = {"name": "Ann", "group": "dept-7"}
+    conv_id = env.chat("c-1", "hi", client=client)
+    env.send("c-1", "agent please", client=client)
+    assert env.desk.wait_calls("selectDestination", 1, conv_id)[0].json["destinationId"] == "20"
+    _check_switch_event(env.wait_switch_events(conv_id)[-1], "20", 1)
+    assert_clean(env)
+
+
+@pytest.mark.parametrize("client", [
+    {"start_page": "https://shop.example.com/cart", "page_url": "https://www.example.com/help/"},
+    {"page_url": "https://shop.example.com/item/5"},
+], ids=["start_page", "page_url"])
+def test_mapped_group_from_the_start_page(handoff, client):
+    env = handoff(page_routes=[{"pattern": "^https://shop%.", "group": "20"},
+                               {"pattern": "/help/", "group": "30"}])
+    env.desk.wait_webhook()
+    env.bot.text_replies["agent please"] = [switch(ignoreOffline=True)]
+    conv_id = env.chat("c-1", "hi", client=client)
+    env.send("c-1", "agent please", client=client)
+    assert env.desk.wait_calls("selectDestination", 1, conv_id)[0].json["destinationId"] == "20"
+    _check_switch_event(env.wait_switch_events(conv_id)[-1], "20", 1)
+    assert_clean(env)
+
+
+def test_switch_destination_wins_over_group_mapping(handoff):
+    env = handoff(group_map={"dept-7": "20"}, page_routes=[{"pattern": "shop", "group": "20"}])
+    env.desk.wait_webhook()
+    env.bot.text_replies["agent please"] = [switch(destination="30", ignoreOffline=True)]
+    client = {"group": "dept-7", "start_page": "https://shop.example.com/"}
+    conv_id = env.chat("c-1", "hi", client=client)
+    env.send("c-1", "agent please", client=client)
+    assert env.desk.wait_calls("selectDestination", 1, conv_id)[0].json["destinationId"] == "30"
+    _check_switch_event(env.wait_switch_events(conv_id)[-1], "30", 1)
+    assert_clean(env)
+
+
+def test_mapped_group_unknown_to_the_desk_falls_back(handoff):
+    env = handoff(default_group="15", group_map={"dept-9": "99"})
+    env.desk.wait_webhook()
+    env.bot.text_replies["agent please"] = [switch(ignoreOffline=True)]
+    client = {"group": "dept-9"}
+    conv_id = env.chat("c-1", "hi", client=client)
+    env.send("c-1", "agent please", client=client)
+    assert env.desk.wait_calls("selectDestination", 1, conv_id)[0].json["destinationId"] == "15"
+    _check_switch_event(env.wait_switch_events(conv_id)[-1], "15", 2)
     assert_clean(env)
 
 
@@ -1261,4 +1325,68 @@ def test_history_has_only_client_and_bot_messages(handoff):
     assert [b["text"] for _, b in ops[second + 1:]] == [
         "Client: back", "Bot: you said: back", "Client: again please", "again please",
     ], ops[second:]
+    assert_clean(env)
+
+
+# --------------------------------------------------------------------------
+# the fake itself is strict (so that the tests above can fail)
+# --------------------------------------------------------------------------
+
+
+def test_fake_operator_api_rejects_what_breaks_the_contract():
+    desk = FakeOperatorApi(destinations={"15": True})
+    try:
+        def call(method, op, body=None, raw=None, ctype="application/json"):
+            data = raw if raw is not None else (None if body is None else json.dumps(body))
+            headers = {"Content-Type": ctype} if data is not None else {}
+            return http_request("127.0.0.1", desk.port, method, f"/operatorapi/{op}", body=data, headers=headers)
+
+        assert call("GET", "getDestinations").json() == [
+            {"destinationId": "15", "name": "Group 15", "hasOnline": "true"}]
+        bad = [
+            call("GET", "sendText"),                                          # wrong method
+            call("POST", "sendMessage", {"userId": "u", "text": "x"}),        # unknown operation
+            call("POST", "setWebhook", raw="not json"),                        # not JSON
+            call("POST", "setWebhook", {"url": "/relative"}),                  # not an absolute URL
+            call("POST", "selectDestination", {"userId": 5, "destinationId": "15"}),    # userId not a string
+            call("POST", "selectDestination", {"userId": "u", "destinationId": 15}),    # id not a string
+            call("POST", "selectDestination", {"userId": "u", "destinationId": "99"}),  # unknown group
+            call("POST", "sendText", {"userId": "u", "text": "before any session"}),
+            call("POST", "closeChat", {"userId": "u", "text": "no session"}),
+            call("POST", "selectDestination", {"userId": "u", "destinationId": "15"}, ctype="text/plain"),
+        ]
+        assert all(400 <= r.status < 500 for r in bad), bad
+        assert len(desk.violations) == len(bad), desk.violations
+        ok = [
+            call("POST", "selectDestination", {"userId": "u", "destinationId": "15", "userName": "web u",
+                                               "attributes": {}, "hiddenAttributes": {}, "customData": {}}),
+            call("POST", "sendText", {"userId": "u", "text": "hello"}),
+            call("POST", "sendFile", {"userId": "u", "url": "http://x/y.png", "fileName": "y.png", "size": 1}),
+            call("POST", "closeChat", {"userId": "u", "text": "The user closed the chat"}),
+        ]
+        assert [r.status for r in ok] == [200] * 4, ok
+        assert call("POST", "sendFile", {"userId": "u", "url": "http://x/y", "fileName": "y", "size": "1"}).status == 400
+        assert [op for op, _ in desk.ops("u")] == ["selectDestination", "sendText", "sendFile", "closeChat"]
+        with pytest.raises(AssertionError):
+            desk.assert_no_violations()
+    finally:
+        desk.close()
+
+
+def test_close_phrase_case_insensitive_beyond_ascii(handoff):
+    """JAICP scripts often use Cyrillic phrases ("Закрыть диалог")."""
+    env = handoff()
+    env.desk.wait_webhook()
+    conv_id = env.open_agent_chat("c-1", destination="15", closeChatPhrases=["Закрыть диалог", "/closeChat"],
+                                  lastMessage="Диалог с оператором завершен")
+    env.send("c-1", " ЗАКРЫТЬ ДИАЛОГ ")
+    close = env.desk.wait_calls("closeChat", 1, conv_id)[0]
+    assert close.json == {"userId": conv_id, "text": "The user closed the chat"}
+    env.wait_callback_text(conv_id, "Диалог с оператором завершен")
+    env.wait_callback_text(conv_id, "you said:  ЗАКРЫТЬ ДИАЛОГ ")
+    # a text that only contains the phrase is not a close phrase
+    conv2 = env.open_agent_chat("c-2", destination="15", closeChatPhrases=["Закрыть диалог"])
+    env.send("c-2", "не надо закрыть диалог")
+    env.desk.wait_text(conv2, "не надо закрыть диалог")
+    assert env.desk.calls("closeChat", conv2) == []
     assert_clean(env)
