@@ -10,6 +10,27 @@ function bots.for_channel(channel)
   return name, name and config.bots and config.bots[name]
 end
 
+-- Calls the bot through the outbox: a POST for an external bot (`body` plus
+-- the conversation's ids), a job running `lua_handler` for a Lua bot. Both
+-- use the lane of the conversation and the bot, so calls stay in order.
+local function call_bot(conv, name, bot, body, lua_handler, lua_data)
+  if bot.type == "http" then
+    local headers = {}
+    if bot.secret then headers.Authorization = "Bearer " .. bot.secret end
+    body.conversation_id, body.client_id, body.channel = conv.id, conv.client_id, conv.channel
+    body.client = conv.client
+    outbox.send{
+      conversation = conv, target = "bot:" .. name, url = bot.url, headers = headers, body = body,
+      on_result = "bots.on_http_result", context = { conversation = conv.id, bot = name },
+    }
+  elseif bot.type == "lua" then
+    lua_data.conversation, lua_data.bot = conv.id, name
+    outbox.call{ conversation = conv, target = lua_handler, lane = conv.id .. "|bot:" .. name, data = lua_data }
+  else
+    log.error("unknown bot type", { bot = name, type = tostring(bot.type) })
+  end
+end
+
 function bots.deliver(conv, m)
   local name, bot = bots.for_channel(conv.channel)
   if not bot then
@@ -17,30 +38,13 @@ function bots.deliver(conv, m)
     conv:journal("undelivered", { message = m.id, reason = "no bot" })
     return
   end
-  if bot.type == "http" then
-    local headers = {}
-    if bot.secret then headers.Authorization = "Bearer " .. bot.secret end
-    outbox.send{
-      conversation = conv, target = "bot:" .. name, url = bot.url, headers = headers,
-      body = {
-        conversation_id = conv.id, client_id = conv.client_id, channel = conv.channel,
-        text = m.text, client = conv.client, event = "message", message_id = m.id,
-      },
-      on_result = "bots.on_http_result",
-      context = { conversation = conv.id, bot = name },
-    }
-  elseif bot.type == "lua" then
-    -- the message travels with the job: a bot that lags far behind still
-    -- sees it after it left the in-memory window
-    outbox.call{
-      conversation = conv, target = "bots.run_lua", lane = conv.id .. "|bot:" .. name,
-      data = { conversation = conv.id, bot = name,
-               message = { id = m.id, seq = m.seq, author = m.author, text = m.text,
-                           attachments = m.attachments, created = m.created } },
-    }
-  else
-    log.error("unknown bot type", { bot = name, type = tostring(bot.type) })
-  end
+  -- the message travels with a Lua bot's job: a bot that lags far behind
+  -- still sees it after it left the in-memory window
+  call_bot(conv, name, bot,
+    { text = m.text, event = "message", message_id = m.id },
+    "bots.run_lua",
+    { message = { id = m.id, seq = m.seq, author = m.author, text = m.text,
+                  attachments = m.attachments, created = m.created } })
 end
 
 -- An event for the channel's bot (JAICP's noLivechatOperatorsOnline,
@@ -50,24 +54,8 @@ end
 function bots.event(conv, event, data)
   local name, bot = bots.for_channel(conv.channel)
   if not bot then return end
-  if bot.type == "http" then
-    local headers = {}
-    if bot.secret then headers.Authorization = "Bearer " .. bot.secret end
-    outbox.send{
-      conversation = conv, target = "bot:" .. name, url = bot.url, headers = headers,
-      body = {
-        conversation_id = conv.id, client_id = conv.client_id, channel = conv.channel,
-        client = conv.client, event = event, data = data or {},
-      },
-      on_result = "bots.on_http_result",
-      context = { conversation = conv.id, bot = name },
-    }
-  elseif bot.type == "lua" then
-    outbox.call{
-      conversation = conv, target = "bots.run_lua_event", lane = conv.id .. "|bot:" .. name,
-      data = { conversation = conv.id, bot = name, event = event, data = data or {} },
-    }
-  end
+  call_bot(conv, name, bot, { event = event, data = data or {} },
+           "bots.run_lua_event", { event = event, data = data or {} })
 end
 
 function bots.run_lua_event(d)
