@@ -18,8 +18,12 @@
 --   a boolean or "true"/"false". Any 2xx answer to our calls is success.
 operator_api = {}
 
+-- JAICP's own names (apiUrl, apiKey) work as well as api_url, api_key.
+local function api_url(inst) return inst.api_url or inst.apiUrl or "" end
+local function api_key(inst) return inst.api_key or inst.apiKey end
+
 local function url(inst, method)
-  return (inst.api_url or ""):gsub("/+$", "") .. "/" .. method
+  return api_url(inst):gsub("/+$", "") .. "/" .. method
 end
 
 local function lane(name, conv) return conv.id .. "|desk:" .. name end
@@ -98,14 +102,14 @@ end
 function operator_api.register(data)
   local inst = desks.instance(data.desk)
   if not inst or inst.type ~= "operator_api" then return end
-  if not inst.public_url or not inst.api_key then
+  if not inst.public_url or not api_key(inst) then
     log.warn("operator_api desk has no public_url or api_key: setWebhook skipped", { desk = data.desk })
     return
   end
   outbox.send{
     target = "desk:" .. data.desk, lane = "desk:" .. data.desk .. ":setup",
     url = url(inst, "setWebhook"),
-    body = { url = inst.public_url:gsub("/+$", "") .. "/v1/providers/" .. data.desk .. "/operatorapi/" .. inst.api_key },
+    body = { url = inst.public_url:gsub("/+$", "") .. "/v1/providers/" .. data.desk .. "/operatorapi/" .. api_key(inst) },
   }
 end
 
@@ -123,7 +127,7 @@ function operator_api.webhook(req)
   if not inst or inst.type ~= "operator_api" then
     http_error(404, "unknown_desk", "no operator_api desk named " .. name)
   end
-  if not inst.api_key or not secure_equal(req.params.key, inst.api_key) then
+  if not api_key(inst) or not secure_equal(req.params.key, api_key(inst)) then
     http_error(401, "unauthorized", "wrong api key")
   end
   local ev = req:json()
