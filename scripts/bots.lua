@@ -62,7 +62,7 @@ function bots.run_lua_event(d)
   local conv = conversations.get(d.conversation)
   local bot = config.bots and config.bots[d.bot]
   if not conv or not bot then return end
-  local module = require(bot.module)
+  local module = require(bot.module or ("bots." .. d.bot))
   if type(module.on_event) ~= "function" then return end
   local out = module.on_event(conv, d.event, d.data)
   if type(out) == "table" then
@@ -94,7 +94,7 @@ function bots.run_lua(data)
     log.error("bot is no longer configured", { bot = data.bot })
     return
   end
-  local module = require(bot.module)
+  local module = require(bot.module or ("bots." .. data.bot))
   local out = module.on_message(conv, data.message)
   if type(out) == "table" then
     flow.bot_replies(conv, out.replies or out, data.bot)
