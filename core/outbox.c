@@ -262,6 +262,32 @@ static double parse_retry_after(const char *v)
     return -1;
 }
 
+double sb_outbox_retry_after_in_body(const char *body, size_t len)
+{
+    /* Telegram's 429 carries the delay in the body as
+     * {"parameters":{"retry_after":N}}; no header. A bounded scan for the
+     * key is enough: the value is a plain integer. */
+    static const char key[] = "\"retry_after\"";
+    const char *p = body, *end = body + len;
+    while (p && p < end) {
+        const char *hit = memmem(p, (size_t)(end - p), key, sizeof key - 1);
+        long v = 0;
+        int digits = 0;
+        if (!hit)
+            break;
+        p = hit + sizeof key - 1;
+        while (p < end && (*p == ' ' || *p == ':'))
+            p++;
+        while (p < end && *p >= '0' && *p <= '9' && digits < 9) {
+            v = v * 10 + (*p++ - '0');
+            digits++;
+        }
+        if (digits)
+            return (double)v;
+    }
+    return -1;
+}
+
 static void push_info(lua_State *co, const struct ob_entry *e)
 {
     lua_createtable(co, 0, 5);
@@ -358,8 +384,12 @@ static void http_done(void *arg, const struct sb_http_response *r)
     snprintf(reason, sizeof reason, "HTTP %ld", r->status);
     if (r->status >= 500 || r->status == 408)
         finish_failed(e, reason, -1);
-    else if (r->status == 429)
-        finish_failed(e, reason, parse_retry_after(sb_http_header(r, "retry-after")));
+    else if (r->status == 429) {
+        double after = parse_retry_after(sb_http_header(r, "retry-after"));
+        if (after < 0)
+            after = sb_outbox_retry_after_in_body(r->body, r->body_len);
+        finish_failed(e, reason, after);
+    }
     else
         finish_dead(e, reason);
 }

@@ -59,6 +59,8 @@ struct sb_outbox_counters {
 };
 const struct sb_outbox_counters *sb_outbox_counters(void);
 
+/* The delay a 429 body asks for ({"parameters":{"retry_after":N}}), or -1. */
+double sb_outbox_retry_after_in_body(const char *body, size_t len);
 /* Exposed for tests: the delay before attempt number `attempt` (1-based). */
 double sb_outbox_backoff(int attempt, double jitter01);
 
