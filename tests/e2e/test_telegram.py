@@ -271,6 +271,11 @@ def test_send_message_rate_limited_is_retried(fakes, daemon):
     calls = tg.calls("sendMessage")
     assert [r.status for r in calls] == [429, 200], calls
     assert calls[0].idempotency_key == calls[1].idempotency_key
+    # Telegram gives the delay only in the body (parameters.retry_after = 1):
+    # the outbox's own backoff here is 0.05 s, so an early retry means the
+    # body was ignored. A lower bound only; the upper one is the wait above.
+    gap = calls[1].t - calls[0].t
+    assert gap >= 0.9, f"retried after {gap:.3f} s, before retry_after"
 
 
 def test_send_message_bad_request_is_dead_lettered(fakes, daemon):
