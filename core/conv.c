@@ -309,40 +309,76 @@ static char *scratch_take(void)
     return out;
 }
 
-/* Builds {"k1":v1,...} where values are JSON already (or NULL: null). */
-static char *json_object_of(const char *const *keys, const char *const *json_values, int n)
+/* Event data is written straight into the scratch buffer:
+ *   ev_begin(); ev_str("from", a); ev_open("author"); ...; ev_close(); data = ev_end();
+ * Strings are quoted, NULL becomes null, ev_raw takes JSON as it is. */
+#define EV_DEPTH 4
+static int ev_depth, ev_fields[EV_DEPTH];
+
+static void ev_key(const char *key)
 {
-    int i;
+    if (ev_fields[ev_depth]++)
+        evbuffer_add(scratch, ",", 1);
+    sb_json_quote(scratch, key, strlen(key));
+    evbuffer_add(scratch, ":", 1);
+}
+
+static void ev_begin(void)
+{
     if (!scratch)
         scratch = evbuffer_new();
+    ev_depth = 0;
+    ev_fields[0] = 0;
     evbuffer_add(scratch, "{", 1);
-    for (i = 0; i < n; i++) {
-        const char *v = json_values[i] ? json_values[i] : "null";
-        if (i)
-            evbuffer_add(scratch, ",", 1);
-        sb_json_quote(scratch, keys[i], strlen(keys[i]));
-        evbuffer_add(scratch, ":", 1);
-        evbuffer_add(scratch, v, strlen(v));
-    }
+}
+
+static void ev_open(const char *key)
+{
+    ev_key(key);
+    ev_fields[++ev_depth] = 0;
+    evbuffer_add(scratch, "{", 1);
+}
+
+static void ev_close(void)
+{
+    evbuffer_add(scratch, "}", 1);
+    ev_depth--;
+}
+
+static void ev_str(const char *key, const char *value)
+{
+    ev_key(key);
+    if (value)
+        sb_json_quote(scratch, value, strlen(value));
+    else
+        evbuffer_add(scratch, "null", 4);
+}
+
+static void ev_raw(const char *key, const char *json)
+{
+    ev_key(key);
+    if (!json)
+        json = "null";
+    evbuffer_add(scratch, json, strlen(json));
+}
+
+static char *ev_end(void)
+{
     evbuffer_add(scratch, "}", 1);
     return scratch_take();
 }
 
-static char *json_string_or_null(const char *s)
+/* Journals an event whose data the caller built with ev_begin ... */
+static void journal_built(struct sb_conv *c, const char *type)
 {
-    if (!s)
-        return sb_xstrdup("null");
-    if (!scratch)
-        scratch = evbuffer_new();
-    sb_json_quote(scratch, s, strlen(s));
-    return scratch_take();
+    char *data = ev_end();
+    sb_conv_journal(c, type, data);
+    free(data);
 }
 
 struct sb_conv *sb_conv_create(const char *channel, const char *client_id, const char *profile)
 {
     struct sb_conv *c = sb_xcalloc(1, sizeof *c);
-    char *ch, *cl, *ev;
-    const char *keys[2] = { "channel", "client_id" }, *vals[2];
     sb_new_id(c->id);
     c->channel = sb_xstrdup(channel);
     c->client_id = sb_xstrdup(client_id);
@@ -355,15 +391,10 @@ struct sb_conv *sb_conv_create(const char *channel, const char *client_id, const
     c->recent = sb_xcalloc((size_t)settings.recent_messages, sizeof *c->recent);
     index_conv(c);
     sb_conv_persist(c);
-    ch = json_string_or_null(channel);
-    cl = json_string_or_null(client_id);
-    vals[0] = ch;
-    vals[1] = cl;
-    ev = json_object_of(keys, vals, 2);
-    sb_conv_journal(c, "created", ev);
-    free(ev);
-    free(ch);
-    free(cl);
+    ev_begin();
+    ev_str("channel", channel);
+    ev_str("client_id", client_id);
+    journal_built(c, "created");
     return c;
 }
 
@@ -389,7 +420,7 @@ const struct sb_msg *sb_conv_recent(const struct sb_conv *c, int i)
     return c->recent[(c->recent_start + c->nrecent - 1 - i) % settings.recent_messages];
 }
 
-const struct sb_msg *sb_conv_recent_by_id(const struct sb_conv *c, const char *id)
+static struct sb_msg *ring_find(const struct sb_conv *c, const char *id)
 {
     int i;
     for (i = c->nrecent - 1; i >= 0; i--) {
@@ -400,6 +431,11 @@ const struct sb_msg *sb_conv_recent_by_id(const struct sb_conv *c, const char *i
     return NULL;
 }
 
+const struct sb_msg *sb_conv_recent_by_id(const struct sb_conv *c, const char *id)
+{
+    return ring_find(c, id);
+}
+
 const struct sb_msg *sb_conv_append(struct sb_conv *c, const struct sb_msg_fields *f, char *err, size_t err_size)
 {
     static const char *const kinds[] = { "client", "bot", "agent", "system" };
@@ -407,8 +443,7 @@ const struct sb_msg *sb_conv_append(struct sb_conv *c, const struct sb_msg_field
     struct store_op *op;
     size_t i;
     int kind_ok = 0;
-    char seq_s[24], *kind_json, *id_json, *ev;
-    const char *keys[3] = { "id", "seq", "author" }, *vals[3];
+    char seq_s[24];
 
     for (i = 0; i < 4; i++)
         kind_ok |= f->author_kind && strcmp(f->author_kind, kinds[i]) == 0;
@@ -451,27 +486,15 @@ const struct sb_msg *sb_conv_append(struct sb_conv *c, const struct sb_msg_field
     sb_conv_persist(c);
 
     snprintf(seq_s, sizeof seq_s, "%lld", (long long)m->seq);
-    id_json = json_string_or_null(m->id);
-    {
-        const char *akeys[3] = { "kind", "name", "id" }, *avals[3];
-        char *k = json_string_or_null(m->author_kind), *n = json_string_or_null(m->author_name);
-        char *aid = json_string_or_null(m->author_id);
-        avals[0] = k;
-        avals[1] = n;
-        avals[2] = aid;
-        kind_json = json_object_of(akeys, avals, 3);
-        free(k);
-        free(n);
-        free(aid);
-    }
-    vals[0] = id_json;
-    vals[1] = seq_s;
-    vals[2] = kind_json;
-    ev = json_object_of(keys, vals, 3);
-    sb_conv_journal(c, "message", ev);
-    free(ev);
-    free(id_json);
-    free(kind_json);
+    ev_begin();
+    ev_str("id", m->id);
+    ev_raw("seq", seq_s);
+    ev_open("author");
+    ev_str("kind", m->author_kind);
+    ev_str("name", m->author_name);
+    ev_str("id", m->author_id);
+    ev_close();
+    journal_built(c, "message");
     ring_push(c, m);
     return m;
 }
@@ -479,23 +502,18 @@ const struct sb_msg *sb_conv_append(struct sb_conv *c, const struct sb_msg_field
 void sb_conv_set_provider_ids(struct sb_conv *c, const char *message_id, const char *json)
 {
     struct store_op *op = store_op_new(STORE_MSG_SET_PROVIDER_IDS);
-    int i;
+    struct sb_msg *m = ring_find(c, message_id);
     store_op_str(op, message_id);
     store_op_str(op, json);
     note(store_submit(op));
-    for (i = 0; i < c->nrecent; i++) {
-        struct sb_msg *m = c->recent[(c->recent_start + i) % settings.recent_messages];
-        if (strcmp(m->id, message_id) == 0) {
-            free(m->provider_ids);
-            m->provider_ids = sb_xstrdup(json);
-        }
+    if (m) {
+        free(m->provider_ids);
+        m->provider_ids = sb_xstrdup(json);
     }
 }
 
 int sb_conv_set_state(struct sb_conv *c, enum sb_conv_state to, const char *reason)
 {
-    const char *keys[3] = { "from", "to", "reason" }, *vals[3];
-    char *from_j, *to_j, *reason_j, *ev;
     enum sb_conv_state from = c->state;
     if (!allowed[from][to])
         return -1;
@@ -505,18 +523,11 @@ int sb_conv_set_state(struct sb_conv *c, enum sb_conv_state to, const char *reas
     if (to == SB_CONV_CLOSED)
         nopen--;
     sb_conv_persist(c);
-    from_j = json_string_or_null(state_names[from]);
-    to_j = json_string_or_null(state_names[to]);
-    reason_j = json_string_or_null(reason);
-    vals[0] = from_j;
-    vals[1] = to_j;
-    vals[2] = reason_j;
-    ev = json_object_of(keys, vals, 3);
-    sb_conv_journal(c, "state", ev);
-    free(ev);
-    free(from_j);
-    free(to_j);
-    free(reason_j);
+    ev_begin();
+    ev_str("from", state_names[from]);
+    ev_str("to", state_names[to]);
+    ev_str("reason", reason);
+    journal_built(c, "state");
     return 0;
 }
 
@@ -524,8 +535,6 @@ int sb_conv_set_field(struct sb_conv *c, const char *field, const char *value)
 {
     char **slot;
     int is_json = 0;
-    const char *keys[2] = { "from", "to" }, *vals[2];
-    char *from_j, *to_j, *ev;
     if (!strcmp(field, "desk"))
         slot = &c->desk;
     else if (!strcmp(field, "group"))
@@ -548,20 +557,16 @@ int sb_conv_set_field(struct sb_conv *c, const char *field, const char *value)
         value = strcmp(field, "tags") == 0 ? "[]" : "{}";
     if ((*slot == NULL && value == NULL) || (*slot && value && strcmp(*slot, value) == 0))
         return 0; /* unchanged: nothing to write or journal */
-    from_j = is_json ? sb_xstrdup(*slot) : json_string_or_null(*slot);
-    to_j = is_json ? sb_xstrdup(value) : json_string_or_null(value);
+    if (strcmp(field, "data") != 0) {
+        void (*put)(const char *, const char *) = is_json ? ev_raw : ev_str;
+        ev_begin();
+        put("from", *slot);
+        put("to", value);
+        journal_built(c, field);
+    }
     free(*slot);
     *slot = dup_or_null(value);
     sb_conv_persist(c);
-    if (strcmp(field, "data") != 0) {
-        vals[0] = from_j;
-        vals[1] = to_j;
-        ev = json_object_of(keys, vals, 2);
-        sb_conv_journal(c, field, ev);
-        free(ev);
-    }
-    free(from_j);
-    free(to_j);
     return 0;
 }
 
