@@ -15,6 +15,26 @@
 #define DEFAULT_TIMEOUT 30.0
 #define MAX_REQUEST_HEADERS 64
 
+void sb_http_push_headers(lua_State *L, const struct sb_http_response *r)
+{
+    size_t off = 0;
+    lua_createtable(L, 0, r->nheaders);
+    while (off < r->headers_len) {
+        const char *name = r->headers + off, *value;
+        off += strlen(name) + 1;
+        value = r->headers + off;
+        off += strlen(value) + 1;
+        if (lua_getfield(L, -1, name) == LUA_TSTRING) {
+            lua_pushfstring(L, "%s, %s", lua_tostring(L, -1), value);
+            lua_remove(L, -2);
+        } else {
+            lua_pop(L, 1);
+            lua_pushstring(L, value);
+        }
+        lua_setfield(L, -2, name);
+    }
+}
+
 /* Pushes the response (status, headers, body | nil, message) on the job's
  * coroutine and resumes it. */
 static void request_done(void *arg, const struct sb_http_response *r)
@@ -27,23 +47,8 @@ static void request_done(void *arg, const struct sb_http_response *r)
         lua_pushstring(co, r->error);
         nargs = 2;
     } else {
-        size_t off = 0;
         lua_pushinteger(co, r->status);
-        lua_createtable(co, 0, r->nheaders);
-        while (off < r->headers_len) {
-            const char *name = r->headers + off, *value;
-            off += strlen(name) + 1;
-            value = r->headers + off;
-            off += strlen(value) + 1;
-            if (lua_getfield(co, -1, name) == LUA_TSTRING) {
-                lua_pushfstring(co, "%s, %s", lua_tostring(co, -1), value);
-                lua_remove(co, -2);
-            } else {
-                lua_pop(co, 1);
-                lua_pushstring(co, value);
-            }
-            lua_setfield(co, -2, name);
-        }
+        sb_http_push_headers(co, r);
         lua_pushlstring(co, r->body, r->body_len);
         nargs = 3;
     }

@@ -18,6 +18,11 @@ void sb_bind_state_open(struct lua_State *L);  /* kvstate.c */
 void sb_bind_conv_open(struct lua_State *L);   /* bind_conv.c */
 void sb_bind_outbox_open(struct lua_State *L); /* bind_outbox.c */
 
+/* Pushes a response's headers as a table: lower-case names, repeated
+ * headers joined with ", ". Stack: [-0, +1]. */
+struct sb_http_response;
+void sb_http_push_headers(struct lua_State *L, const struct sb_http_response *r);
+
 /* json.encode of the value at idx using the runtime's cjson instance.
  * Stack: [-0, +1] (the encoded string). Raises on unencodable values. */
 void sb_json_encode_at(struct lua_State *L, int idx);

@@ -11,6 +11,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "bindings.h"
 #include "conv.h"
 #include "httpclient.h"
 #include "job.h"
@@ -354,19 +355,10 @@ static void http_done(void *arg, const struct sb_http_response *r)
         if (e->on_result) {
             struct sb_job *job = start_job(e, "run_outbox_result", e->on_result);
             lua_State *co = job->co;
-            size_t off = 0;
             lua_createtable(co, 0, 3);
             lua_pushinteger(co, r->status);
             lua_setfield(co, -2, "status");
-            lua_newtable(co);
-            while (off < r->headers_len) {
-                const char *name = r->headers + off, *value;
-                off += strlen(name) + 1;
-                value = r->headers + off;
-                off += strlen(value) + 1;
-                lua_pushstring(co, value);
-                lua_setfield(co, -2, name);
-            }
+            sb_http_push_headers(co, r);
             lua_setfield(co, -2, "headers");
             lua_pushlstring(co, r->body, r->body_len);
             lua_setfield(co, -2, "body");
