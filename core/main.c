@@ -193,42 +193,33 @@ static int ensure_dir(const char *path)
 
 /* Opens the store under the config's data_dir, loads what it holds into
  * memory and starts the store thread. */
-static int start_store(struct sb_error *err)
+static int start_store(const struct sb_config *cfg, struct sb_error *err)
 {
-    struct sb_config *cfg = sb_config_load(config_path, &overrides, err);
     struct sb_conv_settings cs;
     enum store_sync sync = STORE_SYNC_FULL;
-    int rc = -1;
-    if (!cfg)
-        return -1;
+    char n[24], o[24];
     if (ensure_dir(cfg->data_dir) != 0) {
         sb_error_set(err, cfg->data_dir, 0, "cannot create data_dir");
-        goto done;
+        return -1;
     }
     store_parse_sync(cfg->store_sync, &sync);
     if (store_open(cfg->data_dir, sync, err) != 0)
-        goto done;
+        return -1;
     cs.recent_messages = cfg->recent_messages;
     cs.dedupe_window = cfg->dedupe_window;
     sb_conv_configure(&cs);
     if (sb_conv_load() || sb_outbox_load() || sb_kv_load() || sb_timers_load()) {
         sb_error_set(err, cfg->data_dir, 0, "cannot load the store");
-        goto done;
+        return -1;
     }
     if (store_start() != 0) {
         sb_error_set(err, cfg->data_dir, 0, "cannot start the store thread");
-        goto done;
+        return -1;
     }
-    {
-        char n[24], o[24];
-        snprintf(n, sizeof n, "%zu", sb_conv_count());
-        snprintf(o, sizeof o, "%zu", sb_conv_open_count());
-        sb_log(SB_LOG_INFO, "store loaded", "conversations", n, "open", o, "sync", cfg->store_sync, NULL);
-    }
-    rc = 0;
-done:
-    sb_config_unref(cfg);
-    return rc;
+    snprintf(n, sizeof n, "%zu", sb_conv_count());
+    snprintf(o, sizeof o, "%zu", sb_conv_open_count());
+    sb_log(SB_LOG_INFO, "store loaded", "conversations", n, "open", o, "sync", cfg->store_sync, NULL);
+    return 0;
 }
 
 static void print_check_error(const struct sb_error *err)
@@ -293,6 +284,7 @@ int main(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     struct sb_error err;
+    struct sb_config *cfg;
     struct sb_runtime *rt;
     struct event *ev_hup = NULL, *ev_term = NULL, *ev_int = NULL;
     struct timeval sweep_tv = { 30, 0 };
@@ -333,11 +325,19 @@ int main(int argc, char **argv)
         goto out;
     }
     generation = 1;
-    if (start_store(&err) != 0) {
-        log_load_failure("store failed", &err);
+    /* One config read serves the store and the first runtime. */
+    cfg = sb_config_load(config_path, &overrides, &err);
+    if (!cfg) {
+        log_load_failure("load failed", &err);
         goto out;
     }
-    rt = build(generation, &err, NULL);
+    if (start_store(cfg, &err) != 0) {
+        log_load_failure("store failed", &err);
+        sb_config_unref(cfg);
+        goto out;
+    }
+    rt = sb_runtime_new(cfg, generation, &err, NULL);
+    sb_config_unref(cfg);
     if (!rt) {
         log_load_failure("load failed", &err);
         goto out;
