@@ -53,19 +53,18 @@ function api.conversations(req)
   }), json_headers
 end
 
-function api.messages(req)
-  auth(req)
-  known_conversation(req.params.id)
-  return 200, read("messages", { id = req.params.id, limit = param_limit(req.query),
-                                 cursor = param_cursor(req.query) }), json_headers
+-- A page of one conversation's messages or events.
+local function conversation_page(kind)
+  return function(req)
+    auth(req)
+    known_conversation(req.params.id)
+    return 200, read(kind, { id = req.params.id, limit = param_limit(req.query),
+                             cursor = param_cursor(req.query) }), json_headers
+  end
 end
 
-function api.events(req)
-  auth(req)
-  known_conversation(req.params.id)
-  return 200, read("events", { id = req.params.id, limit = param_limit(req.query),
-                               cursor = param_cursor(req.query) }), json_headers
-end
+api.messages = conversation_page("messages")
+api.events = conversation_page("events")
 
 -- A bot answering later: {"replies": [...], "bot": "optional name"}
 function api.replies(req)

@@ -1,19 +1,25 @@
 -- Channel instances (config.channels) and the adapters that serve them.
 -- A provider adapter registers itself with `channels.adapters[type] = adapter`;
 -- an adapter sends with adapter.send(instance_name, instance_config, conv, message).
-channels = { adapters = {} }
 
-function channels.instance(name)
-  local all = config.channels
-  return all and all[name]
+-- Instances configured under config[key], served by adapters registered by
+-- type: the shape shared by channels and desks (scripts/desks.lua).
+function adapter_registry(key)
+  local r = { adapters = {} }
+  function r.instance(name)
+    local all = config[key]
+    return all and all[name]
+  end
+  -- The adapter and config of an instance, or nil.
+  function r.resolve(name)
+    local inst = r.instance(name)
+    if not inst then return nil end
+    return r.adapters[inst.type], inst
+  end
+  return r
 end
 
--- The adapter and config of a channel instance, or nil.
-function channels.resolve(name)
-  local inst = channels.instance(name)
-  if not inst then return nil end
-  return channels.adapters[inst.type], inst
-end
+channels = adapter_registry("channels")
 
 -- Sends a stored message (as returned by conv:append) to the conversation's client.
 function channels.send(conv, message)

@@ -8,18 +8,7 @@
 --   adapter.close(name, inst, conv, text)        -- the engine or the client ended the chat
 -- and calls desks.agent_message / desks.agent_closed / desks.group_changed for
 -- what the desk's webhooks report.
-desks = { adapters = {} }
-
-function desks.instance(name)
-  local all = config.desks
-  return all and all[name]
-end
-
-function desks.resolve(name)
-  local inst = desks.instance(name)
-  if not inst then return nil end
-  return desks.adapters[inst.type], inst
-end
+desks = adapter_registry("desks")
 
 -- The desk a channel hands conversations to: name, config, adapter.
 function desks.for_channel(channel)
