@@ -80,6 +80,18 @@ class Request:
         return f"<Request {self.method} {self.raw_path} -> {self.status} {self.raw[:160]!r}>"
 
 
+def post_json_problems(req, expected_path) -> list[str]:
+    """What is wrong with ``req`` as a JSON POST to ``expected_path``."""
+    p = []
+    if req.method != "POST":
+        p.append(f"method {req.method}, expected POST")
+    if req.path != expected_path:
+        p.append(f"path {req.path!r}, expected {expected_path!r}")
+    if req.content_type != "application/json":
+        p.append(f"Content-Type {req.header('Content-Type')!r}, expected application/json")
+    return p
+
+
 class Scripted:
     """A scripted answer used for the next ``times`` matching requests
     (``times=None``: for ever)."""
@@ -343,12 +355,7 @@ class CallbackReceiver(JsonFake):
 
     def validate(self, req) -> list[str]:
         p = []
-        if req.method != "POST":
-            p.append(f"method {req.method}, expected POST")
-        if req.path != self.expected_path:
-            p.append(f"path {req.path!r}, expected {self.expected_path!r}")
-        if req.content_type != "application/json":
-            p.append(f"Content-Type {req.header('Content-Type')!r}, expected application/json")
+        p.extend(post_json_problems(req, self.expected_path))
         if not req.idempotency_key:
             p.append("no Idempotency-Key header")
         body = req.json
@@ -509,12 +516,7 @@ class FakeBot(JsonFake):
 
     def validate(self, req) -> list[str]:
         p = []
-        if req.method != "POST":
-            p.append(f"method {req.method}, expected POST")
-        if req.path != self.expected_path:
-            p.append(f"path {req.path!r}, expected {self.expected_path!r}")
-        if req.content_type != "application/json":
-            p.append(f"Content-Type {req.header('Content-Type')!r}, expected application/json")
+        p.extend(post_json_problems(req, self.expected_path))
         body = req.json
         if req.json_error is not None or not isinstance(body, dict):
             p.append(f"body is not a JSON object: {req.raw[:200]!r}")

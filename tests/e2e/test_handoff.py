@@ -21,7 +21,7 @@ import conftest
 from conftest import assert_json_error, free_port, http_request, wait_until
 from convkit import Api, http_bot, install_lua_tree, lua_bot, webhook_channel, write_conv_config
 from fake_operator_api import DEFAULT_EMPLOYEE, FakeOperatorApi
-from fakes import CallbackReceiver, FakeBot
+from fakes import CallbackReceiver, FakeBot, post_json_problems
 
 API_KEY = "k3y"
 AGENT_NAME = f"{DEFAULT_EMPLOYEE['firstName']} {DEFAULT_EMPLOYEE['lastName']}"
@@ -69,12 +69,7 @@ class HandoffBot(FakeBot):
         if not (isinstance(body, dict) and body.get("event", "message") != "message"):
             return super().validate(req)
         p = []
-        if req.method != "POST":
-            p.append(f"method {req.method}, expected POST")
-        if req.path != self.expected_path:
-            p.append(f"path {req.path!r}, expected {self.expected_path!r}")
-        if req.content_type != "application/json":
-            p.append(f"Content-Type {req.header('Content-Type')!r}, expected application/json")
+        p.extend(post_json_problems(req, self.expected_path))
         for k in ("conversation_id", "client_id", "channel"):
             if not _is_str(body.get(k)) or not body.get(k):
                 p.append(f"{k} is {body.get(k)!r}, expected a non-empty string")
