@@ -6,12 +6,13 @@ LOCALSTATEDIR ?= /var
 DESTDIR ?=
 BUILD   ?= build
 PYTHON  ?= /usr/bin/python3
+E2E_JOBS ?= 4
 PKGS     = lua5.4 lua5.4-cjson libevent libcurl sqlite3
 THREADS  = -pthread
 
 # Debian packages the build, the tests and the benchmark need.
 DEB_PACKAGES = gcc make pkg-config liblua5.4-dev lua-cjson-dev libevent-dev \
-               libcurl4-openssl-dev libsqlite3-dev lua5.4 python3 python3-pytest
+               libcurl4-openssl-dev libsqlite3-dev lua5.4 python3 python3-pytest python3-pytest-xdist
 
 CC      ?= cc
 WARN     = -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wcast-align -Wstrict-prototypes \
@@ -95,7 +96,7 @@ lua-test:
 	lua5.4 tests/lua/run.lua
 
 e2e: $(BIN)
-	SWITCHBOARD_BIN=$(abspath $(BIN)) $(PYTHON) -m pytest tests/e2e -q -p no:cacheprovider
+	SWITCHBOARD_BIN=$(abspath $(BIN)) $(PYTHON) -m pytest tests/e2e -q -p no:cacheprovider -n $(E2E_JOBS)
 
 test: deps
 	$(MAKE) all
