@@ -24,9 +24,11 @@ CFLAGS_ALL  = -std=gnu11 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) $(THREADS) -MMD -MP
 LDLIBS_ALL  = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm $(LDLIBS)
 LDFLAGS_ALL = $(SAN) $(THREADS) $(LDFLAGS)
 
-CORE_SRCS = core/util.c core/log.c core/metrics.c core/config.c core/runtime.c core/job.c \
-            core/bind_core.c core/bind_http.c core/httpclient.c core/timer.c core/kvstate.c \
-            core/server.c core/store_sqlite.c core/conv.c core/bind_conv.c core/outbox.c core/bind_outbox.c
+CORE_SRCS = core/util.c core/log.c core/metrics.c core/config.c core/store_sqlite.c core/txn.c core/schedule.c \
+            core/conv.c core/kvstate.c core/timer.c core/outbox.c core/httpclient.c core/lpattern.c \
+            core/runtime.c core/job.c core/luajson.c core/bind_core.c core/bind_http.c core/bind_conv.c \
+            core/bind_read.c core/bind_outbox.c core/bind_timer.c core/bind_state.c core/bind_route.c \
+            core/bindings.c core/loader.c core/server.c
 MAIN_SRC  = core/main.c
 CORE_OBJS = $(CORE_SRCS:core/%.c=$(BUILD)/%.o)
 MAIN_OBJ  = $(BUILD)/main.o
@@ -58,7 +60,7 @@ $(BUILD)/prelude_lua.h: core/prelude.lua
 	  od -An -v -tx1 $< | sed -e 's/\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
 	  echo '0x00 };'; } > $@.tmp && mv $@.tmp $@
 
-$(BUILD)/runtime.o: $(BUILD)/prelude_lua.h
+$(BUILD)/loader.o: $(BUILD)/prelude_lua.h
 
 $(BUILD)/bench_bare: tests/bench/bare_server.c
 	@mkdir -p $(BUILD)

@@ -1,12 +1,16 @@
-/* Lua bindings of the conversation model (conv.c) and of store reads:
- *   conversations.find_or_create / find / get / seen
- *   conversations.read(kind, params)      -- yields; JSON text from the store
+/* Lua bindings of the conversation model (conv.c):
+ *   conversations.get / find / find_or_create  (the prelude builds them on
+ *     the primitives below: they load from the store and wait in line
+ *     for a conversation another job holds, both by yielding)
+ *   conversations.count
  *   conv.<field>, conv:append / set_state / set / tag / untag / journal /
- *   messages / set_provider_ids
- * A conversation handle is a userdata pointing at the C conversation, which
- * counts its handles: a conversation is never freed while a runtime could
- * still reach it (today conversations are only freed at exit, after every
- * runtime is closed). */
+ *   messages / message / seen / set_provider_ids
+ * A job that gets hold of a conversation owns it until the job ends; its
+ * changes belong to the job's transaction. A handle is a userdata holding a
+ * reference on the conversation, so its memory stays while a runtime can
+ * reach it. */
+#include "bind_conv.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,15 +18,17 @@
 #include <lauxlib.h>
 #include <lua.h>
 
-#include "bindings.h"
+#include "bind_read.h"
 #include "conv.h"
 #include "job.h"
+#include "luajson.h"
 #include "runtime.h"
-#include "store.h"
+#include "txn.h"
 #include "util.h"
 
 #define CONV_MT "sb.conv"
 #define KEY_MAX 512
+#define MESSAGES_MAX 200
 
 struct conv_handle {
     struct sb_conv *c;
@@ -34,19 +40,36 @@ static struct sb_conv *check_conv(lua_State *L, int idx)
     return h->c;
 }
 
+/* The conversation at idx, owned by the running job (taken now if free). */
+static struct sb_conv *check_owned(lua_State *L, int idx, struct sb_txn **t)
+{
+    struct sb_conv *c = check_conv(L, idx);
+    *t = sb_job_txn_of(L);
+    if (c->gone)
+        luaL_error(L, "conversation %s is gone (its creation was rolled back)", c->id);
+    switch (sb_conv_acquire(c, *t)) {
+    case SB_CONV_ACQUIRED:
+        return c;
+    default:
+        luaL_error(L, "conversation %s is held by another job: get it again with conversations.get()", c->id);
+    }
+    return NULL;
+}
+
 static void push_conv(lua_State *L, struct sb_conv *c)
 {
     struct conv_handle *h = lua_newuserdatauv(L, sizeof *h, 0);
-    h->c = c;
-    c->handles++;
+    h->c = NULL;
     luaL_setmetatable(L, CONV_MT);
+    h->c = c;
+    sb_conv_ref(c);
 }
 
 static int conv_gc(lua_State *L)
 {
     struct conv_handle *h = luaL_checkudata(L, 1, CONV_MT);
     if (h->c) {
-        h->c->handles--;
+        sb_conv_unref(h->c);
         h->c = NULL;
     }
     return 0;
@@ -81,7 +104,7 @@ static void push_msg(lua_State *L, const struct sb_msg *m)
         lua_setfield(L, -2, "id");
     }
     lua_setfield(L, -2, "author");
-    lua_pushstring(L, m->text);
+    lua_pushlstring(L, m->text, m->text_len);
     lua_setfield(L, -2, "text");
     push_json_or_nil(L, m->attachments);
     lua_setfield(L, -2, "attachments");
@@ -114,50 +137,151 @@ static const char *json_arg(lua_State *L, int idx, const char *what)
     return lua_tostring(L, -1);
 }
 
-/* conversations.find_or_create(channel, client_id [, client]) -> conv, created */
-static int conv_find_or_create(lua_State *L)
+/* Primitives for the prelude. (id) or (channel, client_id) name a
+ * conversation. */
+
+static struct sb_conv *in_memory(lua_State *L)
+{
+    if (lua_isnoneornil(L, 2))
+        return sb_conv_loaded(check_key(L, 1, "conversation id"));
+    return sb_conv_loaded_by_client(check_key(L, 1, "channel"), check_key(L, 2, "client_id"));
+}
+
+/* _lookup(...) -> conv, "ok" | nil, "unloaded" | "busy" | "deadlock" */
+static int p_lookup(lua_State *L)
+{
+    struct sb_conv *c = in_memory(L);
+    struct sb_txn *t;
+    if (!c) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "unloaded");
+        return 2;
+    }
+    t = sb_job_txn_of(L);
+    switch (sb_conv_acquire(c, t)) {
+    case SB_CONV_ACQUIRED:
+        push_conv(L, c);
+        lua_pushliteral(L, "ok");
+        return 2;
+    case SB_CONV_BUSY:
+        lua_pushnil(L);
+        lua_pushliteral(L, "busy");
+        return 2;
+    default:
+        lua_pushnil(L);
+        lua_pushliteral(L, "deadlock");
+        return 2;
+    }
+}
+
+struct load_wait {
+    struct sb_job *job;
+};
+
+static void loaded(void *arg, struct sb_conv *c, const char *error)
+{
+    struct load_wait *w = arg;
+    struct sb_job *job = w->job;
+    free(w);
+    if (sb_job_unpin(job))
+        return; /* the job ended meanwhile */
+    if (error) {
+        lua_pushnil(job->co);
+        lua_pushstring(job->co, error);
+        sb_job_answer(job, 2);
+        return;
+    }
+    lua_pushboolean(job->co, c != NULL);
+    sb_job_answer(job, 1);
+}
+
+static void pinned_cancel(struct sb_job *job, void *wait)
+{
+    /* the store thread cannot be interrupted: the pin keeps the job until
+     * its answer arrives and is dropped */
+    (void)job;
+    (void)wait;
+}
+
+/* _load(...) -> found | nil, error: reads the conversation from the store (yields). */
+static int p_load(lua_State *L)
+{
+    struct sb_job *job;
+    struct load_wait *w;
+    const char *a = check_key(L, 1, lua_isnoneornil(L, 2) ? "conversation id" : "channel");
+    const char *b = lua_isnoneornil(L, 2) ? NULL : check_key(L, 2, "client_id");
+    job = sb_job_checkwait(L);
+    w = sb_xcalloc(1, sizeof *w);
+    w->job = job;
+    sb_job_pin(job);
+    sb_job_wait(job, pinned_cancel, NULL);
+    sb_conv_load(b ? NULL : a, b ? a : NULL, b, loaded, w);
+    if (!job->waiting)
+        return job->answered;
+    return lua_yield(L, 0);
+}
+
+struct line_wait {
+    struct sb_conv_waiter w;
+    struct sb_conv *c;
+    struct sb_job *job;
+    int woken;
+};
+
+static void line_woken(struct sb_conv_waiter *waiter)
+{
+    struct line_wait *lw = (struct line_wait *)waiter;
+    struct sb_job *job = lw->job;
+    /* It owns the conversation now (or it is gone): the job looks it up
+     * again by name when it runs, and needs nothing of this any more. */
+    sb_conv_unref(lw->c);
+    free(lw);
+    sb_job_wake_soon(job);
+}
+
+static void line_cancel(struct sb_job *job, void *wait)
+{
+    struct line_wait *lw = wait;
+    (void)job;
+    sb_conv_cancel_wait(lw->c, &lw->w);
+    free(lw);
+}
+
+/* _wait(...): waits until the conversation's owner handed it over (yields). */
+static int p_wait(lua_State *L)
+{
+    struct sb_conv *c = in_memory(L);
+    struct sb_job *job = sb_job_checkwait(L);
+    struct sb_txn *t = sb_job_txn(job);
+    struct line_wait *lw;
+    if (!c || sb_conv_acquire(c, t) != SB_CONV_BUSY)
+        return 0;   /* free, gone or deadlocked meanwhile: the caller looks again */
+    lw = sb_xcalloc(1, sizeof *lw);
+    lw->w.txn = t;
+    lw->w.wake = line_woken;
+    lw->c = c;
+    lw->job = job;
+    sb_conv_wait(c, &lw->w);
+    sb_job_wait(job, line_cancel, lw);
+    return lua_yield(L, 0);
+}
+
+/* _create(channel, client_id [, client]) -> conv | nil when it exists meanwhile */
+static int p_create(lua_State *L)
 {
     const char *channel = check_key(L, 1, "channel");
     const char *client_id = check_key(L, 2, "client_id");
-    struct sb_conv *c = sb_conv_find(channel, client_id);
-    if (c) {
-        push_conv(L, c);
-        lua_pushboolean(L, 0);
-        return 2;
+    const char *profile;
+    struct sb_txn *t;
+    lua_settop(L, 3);
+    profile = json_arg(L, 3, "client");
+    t = sb_job_txn_of(L);
+    if (sb_conv_loaded_by_client(channel, client_id)) {
+        lua_pushnil(L);
+        return 1;
     }
-    c = sb_conv_create(channel, client_id, json_arg(L, 3, "client"));
-    push_conv(L, c);
-    lua_pushboolean(L, 1);
-    return 2;
-}
-
-static int conv_find(lua_State *L)
-{
-    struct sb_conv *c = sb_conv_find(check_key(L, 1, "channel"), check_key(L, 2, "client_id"));
-    if (!c)
-        return lua_pushnil(L), 1;
-    push_conv(L, c);
+    push_conv(L, sb_conv_create(t, channel, client_id, profile));
     return 1;
-}
-
-static int conv_get(lua_State *L)
-{
-    struct sb_conv *c = sb_conv_get(luaL_checkstring(L, 1));
-    if (!c)
-        return lua_pushnil(L), 1;
-    push_conv(L, c);
-    return 1;
-}
-
-/* conversations.seen(channel, key) -> conversation_id, message_id | nil */
-static int conv_seen(lua_State *L)
-{
-    const char *cid, *mid;
-    if (!sb_conv_seen(check_key(L, 1, "channel"), check_key(L, 2, "key"), &cid, &mid))
-        return lua_pushnil(L), 1;
-    lua_pushstring(L, cid);
-    lua_pushstring(L, mid);
-    return 2;
 }
 
 /* conversations.count() -> all, open */
@@ -168,131 +292,12 @@ static int conv_count(lua_State *L)
     return 2;
 }
 
-/* Store reads: yield until the store thread answers. */
-
-static void read_done(void *arg, const char *json, size_t len, const char *error)
-{
-    struct sb_job *job = arg;
-    if (sb_job_unpin(job))
-        return; /* the job ended meanwhile (deadline, shutdown) */
-    if (json) {
-        lua_pushlstring(job->co, json, len);
-        sb_job_wake(job, 1);
-    } else {
-        lua_pushnil(job->co);
-        lua_pushstring(job->co, error ? error : "store read failed");
-        sb_job_wake(job, 2);
-    }
-}
-
-static void read_cancel(struct sb_job *job, void *wait)
-{
-    /* The store thread owns the work item and cannot be interrupted; the
-     * pin keeps the job's memory until its answer arrives and is dropped. */
-    (void)job;
-    (void)wait;
-}
-
-static void push_opt_text(struct store_op *op, lua_State *L, int t, const char *field)
-{
-    if (lua_getfield(L, t, field) == LUA_TSTRING)
-        store_op_str(op, lua_tostring(L, -1));
-    else
-        store_op_null(op);
-    lua_pop(L, 1);
-}
-
-static lua_Integer opt_limit(lua_State *L, int t)
-{
-    lua_Integer n = 50;
-    if (lua_getfield(L, t, "limit") != LUA_TNIL) {
-        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > 200)
-            luaL_error(L, "limit must be an integer from 1 to 200");
-        n = lua_tointeger(L, -1);
-    }
-    lua_pop(L, 1);
-    return n;
-}
-
-static void check_cursor(lua_State *L, int t)
-{
-    if (lua_getfield(L, t, "cursor") == LUA_TSTRING) {
-        const char *s = lua_tostring(L, -1);
-        size_t i, n = strlen(s);
-        if (n == 0 || n > 19)
-            luaL_error(L, "cursor is not valid");
-        for (i = 0; i < n; i++)
-            if (s[i] < '0' || s[i] > '9')
-                luaL_error(L, "cursor is not valid");
-    } else if (!lua_isnil(L, -1)) {
-        luaL_error(L, "cursor is not valid");
-    }
-    lua_pop(L, 1);
-}
-
-/* conversations.read(kind, params) -> json text | nil, err
- * kinds: "conversation" {id, messages}, "conversations" {state, channel, limit, cursor},
- *        "messages" {id, limit, cursor}, "events" {id, limit, cursor},
- *        "outbox_dead" {limit, cursor}, "outbox_entry" {id} */
-static int conv_read(lua_State *L)
-{
-    const char *kind = luaL_checkstring(L, 1);
-    struct sb_job *job;
-    struct store_op *op;
-    luaL_checktype(L, 2, LUA_TTABLE);
-    job = sb_job_checkwait(L);
-    check_cursor(L, 2);
-    if (!store_running()) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "the store is not open");
-        return 2;
-    }
-    if (!strcmp(kind, "conversation")) {
-        lua_Integer n = 20;
-        op = store_op_new(STORE_READ_CONVERSATION);
-        push_opt_text(op, L, 2, "id");
-        if (lua_getfield(L, 2, "messages") == LUA_TNUMBER)
-            n = lua_tointeger(L, -1);
-        lua_pop(L, 1);
-        store_op_int(op, n);
-    } else if (!strcmp(kind, "conversations")) {
-        lua_Integer limit = opt_limit(L, 2);
-        op = store_op_new(STORE_READ_CONVERSATIONS);
-        push_opt_text(op, L, 2, "state");
-        push_opt_text(op, L, 2, "channel");
-        store_op_int(op, limit);
-        push_opt_text(op, L, 2, "cursor");
-    } else if (!strcmp(kind, "messages") || !strcmp(kind, "events")) {
-        lua_Integer limit = opt_limit(L, 2);
-        op = store_op_new(!strcmp(kind, "messages") ? STORE_READ_MESSAGES : STORE_READ_EVENTS);
-        push_opt_text(op, L, 2, "id");
-        store_op_int(op, limit);
-        push_opt_text(op, L, 2, "cursor");
-    } else if (!strcmp(kind, "outbox_dead")) {
-        lua_Integer limit = opt_limit(L, 2);
-        op = store_op_new(STORE_READ_OUTBOX_DEAD);
-        store_op_int(op, limit);
-        push_opt_text(op, L, 2, "cursor");
-    } else if (!strcmp(kind, "outbox_entry")) {
-        op = store_op_new(STORE_READ_OUTBOX_ENTRY);
-        if (lua_getfield(L, 2, "id") != LUA_TNUMBER)
-            luaL_error(L, "id must be a number");
-        store_op_int(op, lua_tointeger(L, -1));
-        lua_pop(L, 1);
-    } else {
-        return luaL_error(L, "conversations.read: unknown kind '%s'", kind);
-    }
-    sb_job_pin(job);
-    store_read(op, read_done, job);
-    sb_job_wait(job, read_cancel, NULL);
-    return lua_yield(L, 0);
-}
-
 /* conv methods */
 
 static int m_append(lua_State *L)
 {
-    struct sb_conv *c = check_conv(L, 1);
+    struct sb_txn *t;
+    struct sb_conv *c = check_owned(L, 1, &t);
     struct sb_msg_fields f;
     const struct sb_msg *m;
     const char *dedupe = NULL;
@@ -327,8 +332,8 @@ static int m_append(lua_State *L)
     if (lua_getfield(L, 2, "dedupe_key") == LUA_TSTRING)     /* 14 */
         dedupe = check_key(L, 14, "dedupe_key");
     if (dedupe) {
-        const char *cid, *mid;
-        if (sb_conv_seen(c->channel, dedupe, &cid, &mid)) {
+        const char *mid = sb_conv_seen(c, dedupe);
+        if (mid) {
             lua_createtable(L, 0, 2);
             lua_pushstring(L, mid);
             lua_setfield(L, -2, "id");
@@ -337,18 +342,30 @@ static int m_append(lua_State *L)
             return 1;
         }
     }
-    m = sb_conv_append(c, &f, err, sizeof err);
+    m = sb_conv_append(t, c, &f, err, sizeof err);
     if (!m)
         return luaL_error(L, "append: %s", err);
     if (dedupe)
-        sb_conv_remember(c->channel, dedupe, c->id, m->id);
+        sb_conv_remember(t, c, dedupe, m->id);
     push_msg(L, m);
+    return 1;
+}
+
+/* conv:seen(key) -> the id of the message that key stands for, or nil */
+static int m_seen(lua_State *L)
+{
+    struct sb_conv *c = check_conv(L, 1);
+    const char *mid = sb_conv_seen(c, check_key(L, 2, "key"));
+    if (!mid)
+        return lua_pushnil(L), 1;
+    lua_pushstring(L, mid);
     return 1;
 }
 
 static int m_set_state(lua_State *L)
 {
-    struct sb_conv *c = check_conv(L, 1);
+    struct sb_txn *t;
+    struct sb_conv *c = check_owned(L, 1, &t);
     const char *to = luaL_checkstring(L, 2);
     const char *reason = luaL_optstring(L, 3, NULL);
     enum sb_conv_state s;
@@ -356,18 +373,21 @@ static int m_set_state(lua_State *L)
         return luaL_error(L, "set_state: unknown state '%s'", to);
     if (s == c->state)
         return 0;
-    if (sb_conv_set_state(c, s, reason))
+    if (sb_conv_set_state(t, c, s, reason))
         return luaL_error(L, "set_state: invalid transition %s -> %s", sb_conv_state_name(c->state), to);
     return 0;
 }
 
 /* conv:set{desk=, group=, agent=, status=, tags=, client=, data=}; json.null
- * or false clears a field. */
+ * or false clears a field. Every field is checked before any changes. */
 static int m_set(lua_State *L)
 {
-    static const char *const strings[] = { "desk", "group", "agent", "status" };
-    static const char *const tables[] = { "tags", "client", "data" };
-    struct sb_conv *c = check_conv(L, 1);
+    static const char *const fields[] = { "desk", "group", "agent", "status", "tags", "client", "data" };
+    enum { NFIELDS = 7, NSTRINGS = 4 };
+    const char *values[NFIELDS];
+    int given[NFIELDS];
+    struct sb_txn *t;
+    struct sb_conv *c = check_owned(L, 1, &t);
     size_t i;
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
@@ -375,31 +395,29 @@ static int m_set(lua_State *L)
     while (lua_next(L, 2)) {
         int known = 0;
         if (lua_type(L, -2) == LUA_TSTRING)
-            for (i = 0; i < 4; i++)
-                known |= !strcmp(lua_tostring(L, -2), strings[i]);
-        if (lua_type(L, -2) == LUA_TSTRING)
-            for (i = 0; i < 3; i++)
-                known |= !strcmp(lua_tostring(L, -2), tables[i]);
+            for (i = 0; i < NFIELDS; i++)
+                known |= !strcmp(lua_tostring(L, -2), fields[i]);
         if (!known)
             return luaL_error(L, "set: unknown field '%s'", luaL_tolstring(L, -2, NULL));
         lua_pop(L, 1);
     }
-    for (i = 0; i < 4; i++) {
-        int t = lua_getfield(L, 2, strings[i]);
-        if (t == LUA_TSTRING)
-            sb_conv_set_field(c, strings[i], check_key(L, -1, strings[i]));
-        else if (t == LUA_TBOOLEAN && !lua_toboolean(L, -1))
-            sb_conv_set_field(c, strings[i], NULL);
-        else if (t == LUA_TLIGHTUSERDATA)
-            sb_conv_set_field(c, strings[i], NULL);   /* json.null */
-        else if (t != LUA_TNIL)
-            return luaL_error(L, "set: %s must be a string", strings[i]);
-        lua_pop(L, 1);
-    }
-    for (i = 0; i < 3; i++) {
-        int t = lua_getfield(L, 2, tables[i]);
-        if (t == LUA_TTABLE && i == 0) {
-            /* tags: an array of strings, "[]" when empty */
+    /* the values stay on the stack (3..) while they are used */
+    for (i = 0; i < NFIELDS; i++) {
+        int type = lua_getfield(L, 2, fields[i]);
+        given[i] = 1;
+        values[i] = NULL;
+        if (type == LUA_TNIL) {
+            given[i] = 0;
+        } else if ((type == LUA_TBOOLEAN && !lua_toboolean(L, -1)) || type == LUA_TLIGHTUSERDATA) {
+            /* false or json.null: cleared */
+        } else if (i < NSTRINGS) {
+            if (type != LUA_TSTRING)
+                return luaL_error(L, "set: %s must be a string", fields[i]);
+            values[i] = check_key(L, -1, fields[i]);
+        } else if (type != LUA_TTABLE) {
+            return luaL_error(L, "set: %s must be a table", fields[i]);
+        } else if (i == NSTRINGS) {
+            /* tags: an array of strings, "[]" when empty (cjson writes {} for an empty table) */
             lua_Integer k, n = (lua_Integer)lua_rawlen(L, -1);
             for (k = 1; k <= n; k++) {
                 if (lua_rawgeti(L, -1, k) != LUA_TSTRING)
@@ -410,24 +428,23 @@ static int m_set(lua_State *L)
                 lua_pushliteral(L, "[]");
             else
                 sb_json_encode_at(L, -1);
-            sb_conv_set_field(c, "tags", lua_tostring(L, -1));
-            lua_pop(L, 1);
-        } else if (t == LUA_TTABLE) {
+            values[i] = lua_tostring(L, -1);
+        } else {
             sb_json_encode_at(L, -1);
-            sb_conv_set_field(c, tables[i], lua_tostring(L, -1));
-            lua_pop(L, 1);
-        } else if (t != LUA_TNIL) {
-            return luaL_error(L, "set: %s must be a table", tables[i]);
+            values[i] = lua_tostring(L, -1);
         }
-        lua_pop(L, 1);
     }
+    for (i = 0; i < NFIELDS; i++)
+        if (given[i])
+            sb_conv_set_field(t, c, fields[i], values[i]);
     return 0;
 }
 
 /* conv:tag(name) / conv:untag(name): tags stay a sorted set of strings */
 static int tag_change(lua_State *L, int add)
 {
-    struct sb_conv *c = check_conv(L, 1);
+    struct sb_txn *t;
+    struct sb_conv *c = check_owned(L, 1, &t);
     const char *tag = check_key(L, 2, "tag");
     lua_Integer i, n, w = 1;
     int present = 0;
@@ -461,7 +478,7 @@ static int tag_change(lua_State *L, int add)
             lua_pushliteral(L, "[]");
         else
             sb_json_encode_at(L, 4);
-        sb_conv_set_field(c, "tags", lua_tostring(L, -1));
+        sb_conv_set_field(t, c, "tags", lua_tostring(L, -1));
     }
     lua_pushboolean(L, present != add);
     return 1;
@@ -472,39 +489,98 @@ static int m_untag(lua_State *L) { return tag_change(L, 0); }
 
 static int m_journal(lua_State *L)
 {
-    struct sb_conv *c = check_conv(L, 1);
+    struct sb_txn *t;
+    struct sb_conv *c = check_owned(L, 1, &t);
     const char *type = check_key(L, 2, "event type");
     const char *data;
     lua_settop(L, 3);
     data = json_arg(L, 3, "event data");
-    sb_conv_journal(c, type, data);
+    sb_conv_journal(t, c, type, data);
     return 0;
 }
 
-/* conv:messages([n]) -> the last n (default all in memory) messages, oldest first */
-static int m_messages(lua_State *L)
+/* Pushes the last n messages in memory, oldest first. */
+static void push_messages(lua_State *L, const struct sb_conv *c, lua_Integer n)
 {
-    struct sb_conv *c = check_conv(L, 1);
-    lua_Integer n = luaL_optinteger(L, 2, c->nrecent), i;
+    lua_Integer i;
     if (n > c->nrecent)
         n = c->nrecent;
-    if (n < 0)
-        n = 0;
     lua_createtable(L, (int)n, 0);
     for (i = 0; i < n; i++) {
         push_msg(L, sb_conv_recent(c, (int)(n - 1 - i)));
         lua_rawseti(L, -2, i + 1);
     }
-    return 1;
+}
+
+struct messages_wait {
+    struct sb_job *job;
+    struct sb_conv *c;
+    lua_Integer n;
+};
+
+static void messages_ready(void *arg, const char *error)
+{
+    struct messages_wait *w = arg;
+    struct sb_job *job = w->job;
+    struct sb_conv *c = w->c;
+    lua_Integer n = w->n;
+    free(w);
+    if (sb_job_unpin(job)) {
+        sb_conv_unref(c);
+        return;
+    }
+    if (error) {
+        lua_pushnil(job->co);
+        lua_pushstring(job->co, error);
+        sb_conv_unref(c);
+        sb_job_answer(job, 2);
+        return;
+    }
+    push_messages(job->co, c, n);
+    sb_conv_unref(c);
+    sb_job_answer(job, 1);
+}
+
+/* conv:messages([n]) -> the last n messages (default: as many as
+ * conversations.recent_messages), oldest first; older ones come from the
+ * store (yields; outside a job's own coroutine, those in memory). */
+static int m_messages(lua_State *L)
+{
+    struct sb_conv *c = check_conv(L, 1);
+    struct sb_runtime *rt = sb_runtime_of(L);
+    lua_Integer n = luaL_optinteger(L, 2, rt->cfg->recent_messages);
+    struct messages_wait *w;
+    struct sb_job *job;
+    if (n < 0)
+        n = 0;
+    if (n > MESSAGES_MAX)
+        n = MESSAGES_MAX;
+    if (c->nrecent >= n || c->nrecent >= c->last_seq || c->gone || !sb_job_can_wait(L)) {
+        push_messages(L, c, n);
+        return 1;
+    }
+    job = sb_job_checkwait(L);
+    w = sb_xcalloc(1, sizeof *w);
+    w->job = job;
+    w->c = c;
+    w->n = n;
+    sb_conv_ref(c);
+    sb_job_pin(job);
+    sb_job_wait(job, pinned_cancel, NULL);
+    sb_conv_want_messages(c, (int)n, messages_ready, w);
+    if (!job->waiting)
+        return job->answered;
+    return lua_yield(L, 0);
 }
 
 static int m_set_provider_ids(lua_State *L)
 {
-    struct sb_conv *c = check_conv(L, 1);
-    const char *mid = luaL_checkstring(L, 2);
+    struct sb_txn *t;
+    struct sb_conv *c = check_owned(L, 1, &t);
+    const char *mid = check_key(L, 2, "message id");
     luaL_checktype(L, 3, LUA_TTABLE);
     sb_json_encode_at(L, 3);
-    sb_conv_set_provider_ids(c, mid, lua_tostring(L, -1));
+    sb_conv_set_provider_ids(t, c, mid, lua_tostring(L, -1));
     return 0;
 }
 
@@ -534,9 +610,9 @@ static int conv_index(lua_State *L)
     case F_GROUP: lua_pushstring(L, c->group); break;
     case F_AGENT: lua_pushstring(L, c->agent); break;
     case F_STATUS: lua_pushstring(L, c->status); break;
-    case F_TAGS: sb_json_decode(L, c->tags, strlen(c->tags)); break;
-    case F_CLIENT: sb_json_decode(L, c->profile, strlen(c->profile)); break;
-    case F_DATA: sb_json_decode(L, c->data, strlen(c->data)); break;
+    case F_TAGS: push_json_or_nil(L, c->tags); break;
+    case F_CLIENT: push_json_or_nil(L, c->profile); break;
+    case F_DATA: push_json_or_nil(L, c->data); break;
     case F_CREATED: lua_pushnumber(L, c->created); break;
     case F_UPDATED: lua_pushnumber(L, c->updated); break;
     case F_LAST_SEQ: lua_pushinteger(L, c->last_seq); break;
@@ -580,12 +656,12 @@ void sb_bind_conv_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         { "append", m_append }, { "set_state", m_set_state }, { "set", m_set }, { "tag", m_tag },
-        { "untag", m_untag }, { "journal", m_journal }, { "messages", m_messages },
+        { "untag", m_untag }, { "journal", m_journal }, { "messages", m_messages }, { "seen", m_seen },
         { "set_provider_ids", m_set_provider_ids }, { "message", m_message }, { NULL, NULL }
     };
     static const luaL_Reg funcs[] = {
-        { "find_or_create", conv_find_or_create }, { "find", conv_find }, { "get", conv_get },
-        { "seen", conv_seen }, { "count", conv_count }, { "read", conv_read }, { NULL, NULL }
+        { "count", conv_count }, { "_lookup", p_lookup }, { "_load", p_load }, { "_wait", p_wait },
+        { "_create", p_create }, { NULL, NULL }
     };
     size_t i;
     luaL_newmetatable(L, CONV_MT);
@@ -607,7 +683,10 @@ void sb_bind_conv_open(lua_State *L)
     lua_setfield(L, -2, "__gc");
     lua_pushliteral(L, "conversation");
     lua_setfield(L, -2, "__name");
+    lua_pushliteral(L, "conversation");
+    lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
     luaL_newlib(L, funcs);
+    sb_bind_read_open(L);
     lua_setglobal(L, "conversations");
 }

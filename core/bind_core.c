@@ -1,5 +1,5 @@
-/* Core bindings: log, json, now, sleep, config, route, http_error. */
-#include "bindings.h"
+/* Core bindings: log, now, sleep, config, route, http_error, secure_equal. */
+#include "bind_core.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -9,11 +9,11 @@
 #include <event2/event.h>
 #include <lauxlib.h>
 #include <lua.h>
-#include <lua-cjson.h>
 
 #include "job.h"
 #include "log.h"
 #include "loop.h"
+#include "luajson.h"
 #include "runtime.h"
 
 #define LOG_FIELDS_MAX 32
@@ -181,70 +181,14 @@ static int secure_equal_binding(lua_State *L)
     return 1;
 }
 
-void sb_json_encode_at(lua_State *L, int idx)
-{
-    struct sb_runtime *rt = sb_runtime_of(L);
-    idx = lua_absindex(L, idx);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->json_encode_ref);
-    lua_pushvalue(L, idx);
-    lua_call(L, 1, 1);
-}
-
-void sb_json_decode(lua_State *L, const char *s, size_t len)
-{
-    struct sb_runtime *rt = sb_runtime_of(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->json_decode_ref);
-    lua_pushlstring(L, s, len);
-    lua_call(L, 1, 1);
-}
-
-static void call_cjson_setting(lua_State *L, int cjson, const char *fn, int arg_is_bool, int value)
-{
-    lua_getfield(L, cjson, fn);
-    if (arg_is_bool)
-        lua_pushboolean(L, value);
-    else
-        lua_pushinteger(L, value);
-    lua_call(L, 1, 0);
-}
-
-/* The engine's JSON settings: sparse arrays become objects instead of
- * errors, nesting is bounded both ways, NaN/Infinity are refused both ways. */
-static void open_json(struct sb_runtime *rt)
-{
-    lua_State *L = rt->L;
-    int cjson;
-    luaopen_cjson(L);
-    cjson = lua_gettop(L);
-    call_cjson_setting(L, cjson, "encode_sparse_array", 1, 1);
-    call_cjson_setting(L, cjson, "encode_max_depth", 0, 64);
-    call_cjson_setting(L, cjson, "decode_max_depth", 0, 64);
-    call_cjson_setting(L, cjson, "encode_invalid_numbers", 1, 0);
-    call_cjson_setting(L, cjson, "decode_invalid_numbers", 1, 0);
-
-    lua_createtable(L, 0, 3);
-    lua_getfield(L, cjson, "encode");
-    lua_pushvalue(L, -1);
-    rt->json_encode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_setfield(L, -2, "encode");
-    lua_getfield(L, cjson, "decode");
-    lua_pushvalue(L, -1);
-    rt->json_decode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_setfield(L, -2, "decode");
-    lua_getfield(L, cjson, "null");
-    lua_setfield(L, -2, "null");
-    lua_setglobal(L, "json");
-    lua_settop(L, cjson - 1);
-}
-
-void sb_bindings_open(struct sb_runtime *rt)
+void sb_bind_core_open(struct sb_runtime *rt)
 {
     static const luaL_Reg log_funcs[] = {
         { "debug", log_debug }, { "info", log_info }, { "warn", log_warn }, { "error", log_error }, { NULL, NULL }
     };
     lua_State *L = rt->L;
 
-    open_json(rt);
+    sb_json_open(rt);
     luaL_newlib(L, log_funcs);
     lua_setglobal(L, "log");
     lua_pushcfunction(L, now_binding);
@@ -268,10 +212,4 @@ void sb_bindings_open(struct sb_runtime *rt)
 
     lua_pushcfunction(L, secure_equal_binding);
     lua_setglobal(L, "secure_equal");
-
-    sb_bind_http_open(L);
-    sb_bind_timer_open(L);
-    sb_bind_state_open(L);
-    sb_bind_conv_open(L);
-    sb_bind_outbox_open(L);
 }

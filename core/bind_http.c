@@ -7,7 +7,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
-#include "bindings.h"
+#include "bind_http.h"
 #include "httpclient.h"
 #include "job.h"
 #include "util.h"

@@ -1,19 +1,26 @@
 /* Lua bindings of the outbox (outbox.c):
  *   outbox.send{conversation=, target=, url=, method=, headers=, body=, on_result=, context=, lane=}
  *   outbox.call{conversation=, target=handler_name, data=, lane=}
- *   outbox.requeue(entry)   -- a dead letter read with conversations.read("outbox_entry")
- *   outbox.stats() */
+ *   outbox.requeue(id)      -- a dead letter, sent again (yields: it is read from the store)
+ *   outbox.stats()
+ * and the runner of outbox handlers (jobs and result handlers). */
+#include "bind_outbox.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include <event2/buffer.h>
 #include <lauxlib.h>
 #include <lua.h>
 
-#include "bindings.h"
+#include "bind_http.h"
+#include "httpclient.h"
+#include "job.h"
+#include "luajson.h"
 #include "outbox.h"
+#include "runtime.h"
+#include "store.h"
 #include "util.h"
 
 /* Reads t.field as an optional string. */
@@ -77,10 +84,11 @@ static const char *opt_json(lua_State *L, int t, const char *field)
 static int outbox_send(lua_State *L)
 {
     struct sb_outbox_new n;
-    struct evbuffer *hb;
+    luaL_Buffer hb;
     char err[160], conv[64];
     int64_t id;
-    int has_ctype = 0;
+    int has_ctype = 0, body_is_table = 0;
+    lua_Integer nlines = 0, i;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     memset(&n, 0, sizeof n);
@@ -96,52 +104,53 @@ static int outbox_send(lua_State *L)
         n.method = "POST";
     n.lane = lane_of(L, 1, n.conversation_id, n.target);          /* 2 */
     n.data = opt_json(L, 1, "context");                            /* 3 */
-
-    hb = evbuffer_new();
-    if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {             /* 4 */
-        lua_pushnil(L);
-        while (lua_next(L, 4)) {
-            const char *k, *v;
-            if (lua_type(L, -2) != LUA_TSTRING || (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)) {
-                evbuffer_free(hb);
-                return luaL_error(L, "outbox.send: headers must be a table of strings");
-            }
-            k = lua_tostring(L, -2);
-            v = lua_tostring(L, -1);
-            if (!k[0] || strpbrk(k, ":\r\n ") || strpbrk(v, "\r\n")) {
-                evbuffer_free(hb);
-                return luaL_error(L, "outbox.send: header '%s' contains a forbidden character", k);
-            }
-            has_ctype |= !strcasecmp(k, "content-type");
-            evbuffer_add_printf(hb, "%s: %s\n", k, v);
-            lua_pop(L, 1);
-        }
-    } else if (!lua_isnil(L, 4)) {
-        evbuffer_free(hb);
-        return luaL_error(L, "outbox.send: headers must be a table");
-    }
-    switch (lua_getfield(L, 1, "body")) {                          /* 5 */
+    switch (lua_getfield(L, 1, "body")) {                          /* 4 */
     case LUA_TSTRING:
-        n.body = lua_tolstring(L, 5, &n.body_len);
-        break;
-    case LUA_TTABLE:
-        sb_json_encode_at(L, 5);                                   /* 6 */
-        lua_replace(L, 5);
-        n.body = lua_tolstring(L, 5, &n.body_len);
-        if (!has_ctype)
-            evbuffer_add_printf(hb, "Content-Type: application/json\n");
-        break;
     case LUA_TNIL:
         break;
+    case LUA_TTABLE:
+        sb_json_encode_at(L, 4);
+        lua_replace(L, 4);
+        body_is_table = 1;
+        break;
     default:
-        evbuffer_free(hb);
         return luaL_error(L, "outbox.send: body must be a string or a table");
     }
-    evbuffer_add(hb, "", 1);
-    lua_pushstring(L, (const char *)evbuffer_pullup(hb, -1));      /* keep a Lua-owned copy */
-    evbuffer_free(hb);
-    n.headers = lua_tostring(L, -1)[0] ? lua_tostring(L, -1) : NULL;
-    id = sb_outbox_add(&n, err, sizeof err);
+    /* Header lines collect in a Lua table (5): nothing leaks when a check raises. */
+    lua_newtable(L);                                               /* 5 */
+    if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {             /* 6 */
+        lua_pushnil(L);
+        while (lua_next(L, 6)) {
+            const char *k, *v;
+            if (lua_type(L, -2) != LUA_TSTRING || (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
+                return luaL_error(L, "outbox.send: headers must be a table of strings");
+            k = lua_tostring(L, -2);
+            v = lua_tostring(L, -1);
+            if (!k[0] || strpbrk(k, ":\r\n ") || strpbrk(v, "\r\n"))
+                return luaL_error(L, "outbox.send: header '%s' contains a forbidden character", k);
+            has_ctype |= !strcasecmp(k, "content-type");
+            lua_pushfstring(L, "%s: %s\n", k, v);
+            lua_rawseti(L, 5, ++nlines);
+            lua_pop(L, 1);
+        }
+    } else if (!lua_isnil(L, 6)) {
+        return luaL_error(L, "outbox.send: headers must be a table");
+    }
+    lua_settop(L, 5);
+    if (body_is_table && !has_ctype) {
+        lua_pushliteral(L, "Content-Type: application/json\n");
+        lua_rawseti(L, 5, ++nlines);
+    }
+    luaL_buffinit(L, &hb);
+    for (i = 1; i <= nlines; i++) {
+        lua_rawgeti(L, 5, i);
+        luaL_addvalue(&hb);
+    }
+    luaL_pushresult(&hb);                                          /* 6 */
+    n.headers = nlines ? lua_tostring(L, 6) : NULL;
+    if (lua_type(L, 4) == LUA_TSTRING)
+        n.body = lua_tolstring(L, 4, &n.body_len);
+    id = sb_outbox_add(sb_job_txn_of(L), &n, err, sizeof err);
     if (!id)
         return luaL_error(L, "outbox.send: %s", err);
     lua_pushinteger(L, id);
@@ -163,46 +172,77 @@ static int outbox_call(lua_State *L)
         return luaL_error(L, "outbox.call: target (a handler name) is required");
     n.lane = lane_of(L, 1, n.conversation_id, n.target);
     n.data = opt_json(L, 1, "data");
-    id = sb_outbox_add(&n, err, sizeof err);
+    id = sb_outbox_add(sb_job_txn_of(L), &n, err, sizeof err);
     if (!id)
         return luaL_error(L, "outbox.call: %s", err);
     lua_pushinteger(L, id);
     return 1;
 }
 
-/* outbox.requeue(entry): entry as returned by conversations.read("outbox_entry") */
+/* outbox.requeue(id) -> id | nil, reason: the dead letter is read from the
+ * store (yields), then sent again as part of the job's transaction. */
+struct requeue_wait {
+    struct sb_job *job;
+};
+
+static void requeue_fetched(void *arg, const struct store_rows *rows, const char *error)
+{
+    struct requeue_wait *w = arg;
+    struct sb_job *job = w->job;
+    lua_State *co = job->co;
+    char err[160];
+    free(w);
+    if (sb_job_unpin(job))
+        return; /* the job ended meanwhile */
+    if (error) {
+        lua_pushnil(co);
+        lua_pushstring(co, error);
+        sb_job_answer(job, 2);
+        return;
+    }
+    if (store_rows_count(rows) == 0) {
+        lua_pushnil(co);
+        lua_pushliteral(co, "not found");
+        sb_job_answer(job, 2);
+        return;
+    }
+    {
+        struct store_row r;
+        store_rows_get(rows, 0, &r, NULL);
+        if (sb_outbox_requeue(sb_job_txn(job), &r, err, sizeof err) != 0) {
+            lua_pushnil(co);
+            lua_pushstring(co, err);
+            sb_job_answer(job, 2);
+            return;
+        }
+        lua_pushinteger(co, (lua_Integer)r.num[0]);
+        sb_job_answer(job, 1);
+    }
+}
+
+static void requeue_cancel(struct sb_job *job, void *wait)
+{
+    /* the store thread cannot be interrupted: the pin keeps the job until
+     * its answer arrives and is dropped */
+    (void)job;
+    (void)wait;
+}
+
 static int outbox_requeue(lua_State *L)
 {
-    struct sb_outbox_new n;
-    char err[160];
-    int64_t id;
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 1);
-    memset(&n, 0, sizeof n);
-    if (lua_getfield(L, 1, "id") != LUA_TNUMBER)
-        return luaL_error(L, "outbox.requeue: id is required");
-    n.id = lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    n.conversation_id = opt_string(L, 1, "conversation_id");
-    n.lane = opt_string(L, 1, "lane");
-    n.kind = opt_string(L, 1, "kind");
-    n.target = opt_string(L, 1, "target");
-    n.method = opt_string(L, 1, "method");
-    n.url = opt_string(L, 1, "url");
-    n.headers = opt_string(L, 1, "headers");
-    n.body = opt_string(L, 1, "body");
-    n.body_len = n.body ? strlen(n.body) : 0;
-    n.data = opt_string(L, 1, "data");
-    n.on_result = opt_string(L, 1, "on_result");
-    n.idem_key = opt_string(L, 1, "idem_key");
-    if (lua_getfield(L, 1, "created") == LUA_TNUMBER)
-        n.created = lua_tonumber(L, -1);
-    lua_pop(L, 1);
-    id = sb_outbox_add(&n, err, sizeof err);
-    if (!id)
-        return luaL_error(L, "outbox.requeue: %s", err);
-    lua_pushinteger(L, id);
-    return 1;
+    lua_Integer id = luaL_checkinteger(L, 1);
+    struct sb_job *job = sb_job_checkwait(L);
+    struct requeue_wait *w;
+    luaL_argcheck(L, id > 0, 1, "id must be a positive integer");
+    sb_job_txn(job);
+    w = sb_xcalloc(1, sizeof *w);
+    w->job = job;
+    sb_job_pin(job);
+    sb_job_wait(job, requeue_cancel, NULL);
+    store_fetch_outbox_entry((int64_t)id, requeue_fetched, w);
+    if (!job->waiting)
+        return job->answered;
+    return lua_yield(L, 0);
 }
 
 static int outbox_stats(lua_State *L)
@@ -220,6 +260,76 @@ static int outbox_stats(lua_State *L)
     lua_pushinteger(L, (lua_Integer)c->dead);
     lua_setfield(L, -2, "dead");
     return 1;
+}
+
+/* The runner: an outbox job runs engine.run_outbox_job(handler, data, info);
+ * a result handler engine.run_outbox_result(handler, result, context, info). */
+
+static void push_info(lua_State *co, const struct sb_outbox_job *j)
+{
+    lua_createtable(co, 0, 5);
+    lua_pushinteger(co, j->id);
+    lua_setfield(co, -2, "id");
+    if (j->conversation_id) {
+        lua_pushstring(co, j->conversation_id);
+        lua_setfield(co, -2, "conversation_id");
+    }
+    lua_pushstring(co, j->target);
+    lua_setfield(co, -2, "target");
+    lua_pushinteger(co, j->attempts);
+    lua_setfield(co, -2, "attempts");
+    lua_pushstring(co, j->idem_key);
+    lua_setfield(co, -2, "idempotency_key");
+}
+
+static void handler_before_end(struct sb_job *job)
+{
+    sb_outbox_succeeded(job->owner, sb_job_txn(job));
+}
+
+static void handler_done(struct sb_job *job, const struct sb_job_outcome *out)
+{
+    if (out->result == SB_JOB_FAILED)
+        sb_outbox_failed(job->owner, out->detail ? out->detail : out->message ? out->message
+                                                  : out->code ? out->code : "error");
+}
+
+static void run(struct sb_outbox_attempt *a, const struct sb_outbox_job *j)
+{
+    struct sb_runtime *rt = sb_runtime_current();
+    char label[200];
+    struct sb_job *job;
+    lua_State *co;
+    int nargs;
+    snprintf(label, sizeof label, "outbox:%s", j->handler);
+    job = sb_job_new(rt, SB_JOB_OUTBOX, label, handler_done, a);
+    job->before_end = handler_before_end;
+    co = job->co;
+    lua_rawgeti(co, LUA_REGISTRYINDEX, rt->engine_ref);
+    lua_getfield(co, -1, j->response ? "run_outbox_result" : "run_outbox_job");
+    lua_remove(co, -2);
+    lua_pushstring(co, j->handler);
+    if (j->response) {
+        lua_createtable(co, 0, 3);
+        lua_pushinteger(co, j->response->status);
+        lua_setfield(co, -2, "status");
+        sb_http_push_headers(co, j->response);
+        lua_setfield(co, -2, "headers");
+        lua_pushlstring(co, j->response->body, j->response->body_len);
+        lua_setfield(co, -2, "body");
+    }
+    if (j->data)
+        lua_pushstring(co, j->data);
+    else
+        lua_pushnil(co);
+    push_info(co, j);
+    nargs = j->response ? 4 : 3;
+    sb_job_start(job, nargs);
+}
+
+void sb_bind_outbox_runner(void)
+{
+    sb_outbox_set_runner(run);
 }
 
 void sb_bind_outbox_open(lua_State *L)

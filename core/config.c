@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include "schedule.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,6 +135,35 @@ static int parse_table(lua_State *L, struct sb_config *cfg, const struct sb_over
         goto done;
     if (get_number(L, root, "shutdown_grace", 10, 0, 3600, &cfg->shutdown_grace, err, file, ""))
         goto done;
+    if (get_string(L, root, "timezone", "UTC", &cfg->timezone, err, file, ""))
+        goto done;
+    {
+        struct sb_schedule probe;
+        char why[200];
+        if (sb_schedule_parse("00:00", cfg->timezone, &probe, why, sizeof why) != 0) {
+            sb_error_set(err, file, 0, "config: timezone: %s", why);
+            goto done;
+        }
+    }
+
+    if (want_table(L, root, "timers", err, file))
+        goto done;
+    sub = lua_gettop(L);
+    if (get_number(L, sub, "retry_max", 300, 1, 86400, &cfg->timer_retry_max, err, file, "timers."))
+        goto done;
+    lua_pop(L, 1);
+
+    if (want_table(L, root, "retention", err, file))
+        goto done;
+    sub = lua_gettop(L);
+    if (get_number(L, sub, "closed_conversations", 0, 0, 86400.0 * 36500, &cfg->keep_closed, err, file,
+                   "retention.") ||
+        get_number(L, sub, "delivered_outbox", 0, 0, 86400.0 * 3650, &cfg->keep_delivered, err, file,
+                   "retention.") ||
+        get_number(L, sub, "dead_letters", 30 * 86400.0, 60, 86400.0 * 3650, &cfg->keep_dead, err, file,
+                   "retention."))
+        goto done;
+    lua_pop(L, 1);
 
     if (want_table(L, root, "log", err, file))
         goto done;
@@ -191,9 +222,11 @@ static int parse_table(lua_State *L, struct sb_config *cfg, const struct sb_over
     if (want_table(L, root, "conversations", err, file))
         goto done;
     sub = lua_gettop(L);
-    if (get_number(L, sub, "recent_messages", 50, 1, 1000, &d, err, file, "conversations."))
+    if (get_number(L, sub, "recent_messages", 20, 1, 200, &d, err, file, "conversations."))
         goto done;
     cfg->recent_messages = (int)d;
+    if (get_number(L, sub, "memory_idle", 300, 1, 86400 * 7, &cfg->memory_idle, err, file, "conversations."))
+        goto done;
     if (get_number(L, sub, "dedupe_window", 86400, 1, 86400 * 365, &cfg->dedupe_window, err, file, "conversations."))
         goto done;
     if (get_number(L, sub, "max_text_bytes", 4096, 1, 1 << 20, &d, err, file, "conversations."))
@@ -345,6 +378,7 @@ void sb_config_unref(struct sb_config *cfg)
         free(cfg->module_dirs[i]);
     free(cfg->module_dirs);
     free(cfg->store_sync);
+    free(cfg->timezone);
     free(cfg);
 }
 
@@ -423,6 +457,8 @@ static void copy_value(lua_State *from, int from_idx, lua_State *to, int depth)
         lua_setfield(to, -2, "__pairs");
         lua_pushliteral(to, "read-only");
         lua_setfield(to, -2, "__metatable");
+        lua_pushboolean(to, 1);
+        lua_setfield(to, -2, SB_CONFIG_READONLY_MARK);
         lua_setmetatable(to, -2);
         break;
     default:
@@ -436,4 +472,37 @@ void sb_config_push_view(const struct sb_config *cfg, lua_State *L)
     lua_rawgeti(cfg->L, LUA_REGISTRYINDEX, cfg->table_ref);
     copy_value(cfg->L, -1, L, 0);
     lua_pop(cfg->L, 1);
+}
+
+/* A secret for an outbound call: a string (or number) under channels.,
+ * desks. or bots. of this config; NULL otherwise. Only instance settings
+ * can be named, so a template cannot reach the admin or API tokens. */
+char *sb_config_secret(const struct sb_config *cfg, const char *path)
+{
+    lua_State *L = cfg->L;
+    char seg[256];
+    const char *p = path, *dot;
+    char *out = NULL;
+    int top = lua_gettop(L);
+    if (strncmp(path, "channels.", 9) && strncmp(path, "desks.", 6) && strncmp(path, "bots.", 5))
+        return NULL;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, cfg->table_ref);
+    for (;;) {
+        size_t n;
+        dot = strchr(p, '.');
+        n = dot ? (size_t)(dot - p) : strlen(p);
+        if (n == 0 || n >= sizeof seg || !lua_istable(L, -1))
+            goto done;
+        memcpy(seg, p, n);
+        seg[n] = '\0';
+        lua_getfield(L, -1, seg);
+        if (!dot)
+            break;
+        p = dot + 1;
+    }
+    if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)
+        out = sb_xstrdup(lua_tostring(L, -1));
+done:
+    lua_settop(L, top);
+    return out;
 }

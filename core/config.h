@@ -37,7 +37,13 @@ struct sb_config {
     int nmodule_dirs;
     char *store_sync;               /* "full" | "normal" | "off" */
     int recent_messages;
+    double memory_idle;             /* seconds an unused conversation stays in memory */
     double dedupe_window;
+    char *timezone;                 /* IANA name of calendar timers' default zone */
+    double timer_retry_max;         /* seconds between attempts of a failing one-shot, at most */
+    double keep_closed;             /* retention of closed conversations; 0: forever */
+    double keep_delivered;          /* retention of delivered outbox entries; 0: none */
+    double keep_dead;               /* retention of dead letters */
     long max_text_bytes;
     int outbox_max_attempts;
     double outbox_max_age, outbox_backoff_base, outbox_backoff_max, outbox_timeout;
@@ -59,6 +65,13 @@ void sb_config_unref(struct sb_config *cfg);
 /* Pushes onto L a read-only deep copy of the config table.
  * Stack: [-0, +1]. Raises a Lua error only on memory exhaustion. */
 void sb_config_push_view(const struct sb_config *cfg, struct lua_State *L);
+
+/* Marks the metatables of the read-only view (the sandbox's rawset refuses them). */
+#define SB_CONFIG_READONLY_MARK "__sb_readonly"
+
+/* The value at a dotted path under channels., desks. or bots. (a secret
+ * for an outbound call), malloc'ed; NULL when absent or elsewhere. */
+char *sb_config_secret(const struct sb_config *cfg, const char *path);
 
 /* Splits "host:port" or "[v6]:port"; returns 0 or -1. host is malloc'ed. */
 int sb_parse_listen(const char *s, char **host, int *port);

@@ -13,6 +13,29 @@
 #include "metrics.h"
 #include "util.h"
 
+#define OUTBOUND_SLOTS 600
+static unsigned long long outbound[OUTBOUND_SLOTS]; /* by status; 0: no response */
+
+static void count_outbound(long status)
+{
+    outbound[status > 0 && status < OUTBOUND_SLOTS ? status : 0]++;
+}
+
+static void render_metrics(struct evbuffer *out)
+{
+    size_t i;
+    sb_metrics_family(out, "switchboard_outbound_requests_total", "counter",
+                      "Outbound HTTP requests, by status (error: no response).");
+    for (i = 0; i < OUTBOUND_SLOTS; i++) {
+        if (!outbound[i])
+            continue;
+        if (i == 0)
+            evbuffer_add_printf(out, "switchboard_outbound_requests_total{status=\"error\"} %llu\n", outbound[i]);
+        else
+            evbuffer_add_printf(out, "switchboard_outbound_requests_total{status=\"%zu\"} %llu\n", i, outbound[i]);
+    }
+}
+
 struct sb_http_call {
     CURL *easy;
     struct curl_slist *req_headers;
@@ -196,7 +219,7 @@ static void report(struct sb_http_call *c)
         r.ok = 0;
         r.error = c->too_large ? "response body too large"
                   : c->errbuf[0] ? c->errbuf : curl_easy_strerror(c->result);
-        sb_metrics_outbound(0);
+        count_outbound(0);
     } else {
         r.ok = 1;
         r.headers_len = evbuffer_get_length(c->headers);
@@ -204,7 +227,7 @@ static void report(struct sb_http_call *c)
         r.nheaders = c->nheaders;
         r.body_len = evbuffer_get_length(c->body);
         r.body = r.body_len ? (const char *)evbuffer_pullup(c->body, -1) : "";
-        sb_metrics_outbound((int)r.status);
+        count_outbound(r.status);
     }
     c->done(c->arg, &r);
     call_free(c);
@@ -335,24 +358,25 @@ void sb_http_cancel(struct sb_http_call *call)
         call_free(call);
 }
 
-int sb_httpclient_init(long max_response_bytes, int max_connections)
+int sb_httpclient_init(void)
 {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return -1;
     multi = curl_multi_init();
     if (!multi)
         return -1;
-    client_max_response = max_response_bytes;
     multi_timer = evtimer_new(sb_base, on_multi_timer, NULL);
     curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
     curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long)max_connections);
+    sb_metrics_register(render_metrics);
     return 0;
 }
 
-void sb_httpclient_configure(long max_response_bytes)
+void sb_httpclient_configure(long max_response_bytes, int max_connections)
 {
     client_max_response = max_response_bytes;
+    /* the idle connections kept for reuse (http_client.max_connections) */
+    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long)max_connections);
 }
 
 void sb_httpclient_shutdown(void)

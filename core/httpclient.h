@@ -40,8 +40,9 @@ void sb_http_cancel(struct sb_http_call *call);
 /* Looks up a response header (lower-case name); NULL if absent. */
 const char *sb_http_header(const struct sb_http_response *resp, const char *name);
 
-int sb_httpclient_init(long max_response_bytes, int max_connections);
-void sb_httpclient_configure(long max_response_bytes);
+int sb_httpclient_init(void);
+/* Applies http_client.max_response_bytes and .max_connections (start, reload). */
+void sb_httpclient_configure(long max_response_bytes, int max_connections);
 /* Call after every owner cancelled its transfers. */
 void sb_httpclient_shutdown(void);
 

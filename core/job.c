@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <lauxlib.h>
 #include <lua.h>
@@ -12,6 +13,7 @@
 #include "loop.h"
 #include "metrics.h"
 #include "runtime.h"
+#include "txn.h"
 
 /* Instructions between two budget checks: small enough to stop a loop
  * within a fraction of a millisecond, large enough to cost ~nothing. */
@@ -21,19 +23,17 @@ static struct sb_job *jobs;        /* live jobs, newest first */
 static size_t jobs_live;
 static uint64_t next_job_id = 1;
 static struct sb_job *running;
+static struct sb_job *wake_head, *wake_tail;
+static struct event *wake_ev;
+static struct sb_job_counters counters;
 
 size_t sb_jobs_in_flight(void) { return jobs_live; }
+const struct sb_job_counters *sb_job_counters(void) { return &counters; }
 struct sb_job *sb_job_running(void) { return running; }
 
 static void budget_hook(lua_State *L, lua_Debug *ar);
 
-void sb_job_note_write(uint64_t seq)
-{
-    if (running && seq > running->write_seq)
-        running->write_seq = seq;
-}
-
-void sb_job_note_memory_exhausted(void)
+static void note_memory_exhausted(void)
 {
     if (running && !running->kill_reason) {
         running->kill_reason = "memory";
@@ -44,13 +44,10 @@ void sb_job_note_memory_exhausted(void)
     }
 }
 
-static void budget_hook(lua_State *L, lua_Debug *ar)
+/* Sets the job's kill reason when it is over a budget. */
+static void check_budget(struct sb_job *job)
 {
-    struct sb_job *job = running;
-    const struct sb_config *cfg;
-    if (!job)
-        return;
-    cfg = job->rt->cfg;
+    const struct sb_config *cfg = job->rt->cfg;
     if (!job->kill_reason) {
         double now = sb_now_mono();
         double resume_ms = (now - job->resume_started) * 1000.0;
@@ -59,6 +56,29 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         else if (now > job->deadline)
             job->kill_reason = "deadline";
     }
+}
+
+void sb_job_budget_check(lua_State *L)
+{
+    struct sb_job *job = running;
+    if (!job)
+        return;
+    check_budget(job);
+    if (job->kill_reason) {
+        lua_Debug ar;
+        if (!job->kill_where[0] && lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar))
+            snprintf(job->kill_where, sizeof job->kill_where, "%s:%d", ar.short_src, ar.currentline);
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+        luaL_error(L, "script stopped: %s budget exceeded", job->kill_reason);
+    }
+}
+
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    struct sb_job *job = running;
+    if (!job)
+        return;
+    check_budget(job);
     if (job->kill_reason) {
         if (!job->kill_where[0] && lua_getinfo(L, "Sl", ar))
             snprintf(job->kill_where, sizeof job->kill_where, "%s:%d", ar->short_src, ar->currentline);
@@ -67,6 +87,23 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
         luaL_error(L, "script stopped: %s budget exceeded", job->kill_reason);
     }
+}
+
+static void wake_unlink(struct sb_job *job)
+{
+    struct sb_job **p, *prev = NULL;
+    if (!job->wake_queued)
+        return;
+    for (p = &wake_head; *p; prev = *p, p = &(*p)->next_wake) {
+        if (*p == job) {
+            *p = job->next_wake;
+            if (wake_tail == job)
+                wake_tail = prev;
+            break;
+        }
+    }
+    job->next_wake = NULL;
+    job->wake_queued = 0;
 }
 
 static void job_release(struct sb_job *job)
@@ -87,6 +124,11 @@ static void job_unlink_and_free(struct sb_job *job)
         job->next->prev = job->prev;
     job->prev = job->next = NULL;
     jobs_live--;
+    wake_unlink(job);
+    if (job->txn) {
+        sb_txn_abort(job->txn);   /* ended well: sb_txn_end took it already */
+        job->txn = NULL;
+    }
     if (job->deadline_ev)
         event_free(job->deadline_ev);
     job->deadline_ev = NULL;
@@ -112,11 +154,30 @@ int sb_job_unpin(struct sb_job *job)
 static void count_kill(const char *reason)
 {
     if (strcmp(reason, "cpu") == 0)
-        sb_counters.kills_cpu++;
+        counters.kills_cpu++;
     else if (strcmp(reason, "memory") == 0)
-        sb_counters.kills_memory++;
+        counters.kills_memory++;
     else
-        sb_counters.kills_deadline++;
+        counters.kills_deadline++;
+}
+
+/* Ends the job's transaction by its outcome, then tells the owner. */
+static void finish(struct sb_job *job, struct sb_job_outcome *out)
+{
+    if (out->result == SB_JOB_DONE) {
+        uint64_t visible = sb_txn_visible_seq();
+        if (job->before_end)
+            job->before_end(job);
+        out->seq = job->txn ? sb_txn_end(job->txn) : 0;
+        job->txn = NULL;
+        /* nothing an answer may show is sent before it is durable */
+        if (visible > out->seq)
+            out->seq = visible;
+    } else if (job->txn) {
+        sb_txn_abort(job->txn);
+        job->txn = NULL;
+    }
+    job->on_done(job, out);
 }
 
 static void log_kill(struct sb_job *job)
@@ -146,7 +207,7 @@ static void find_script_position(struct sb_job *job)
 
 static void finish_killed(struct sb_job *job)
 {
-    struct sb_job_outcome out = { SB_JOB_FAILED, 0, 500, "script_budget_exceeded", NULL, NULL };
+    struct sb_job_outcome out = { SB_JOB_FAILED, 0, 500, "script_budget_exceeded", NULL, NULL, 0 };
     find_script_position(job);
     count_kill(job->kill_reason);
     log_kill(job);
@@ -159,7 +220,7 @@ static void finish_killed(struct sb_job *job)
     } else {
         out.message = "the handler exceeded its CPU budget";
     }
-    job->on_done(job, &out);
+    finish(job, &out);
 }
 
 /* Classifies the error object on top of co after a failed resume. */
@@ -167,7 +228,7 @@ static void finish_error(struct sb_job *job)
 {
     lua_State *co = job->co;
     struct sb_runtime *rt = job->rt;
-    struct sb_job_outcome out = { SB_JOB_FAILED, 0, 500, "script_error", "the handler failed", NULL };
+    struct sb_job_outcome out = { SB_JOB_FAILED, 0, 500, "script_error", "the handler failed", NULL, 0 };
 
     if (lua_type(co, -1) == LUA_TTABLE && lua_getmetatable(co, -1)) {
         lua_rawgeti(co, LUA_REGISTRYINDEX, rt->http_error_mt_ref);
@@ -180,7 +241,7 @@ static void finish_error(struct sb_job *job)
             out.status = (int)lua_tointeger(co, -3);
             out.code = lua_tostring(co, -2);
             out.message = lua_tostring(co, -1);
-            job->on_done(job, &out);
+            finish(job, &out);
             return;
         }
     }
@@ -189,11 +250,11 @@ static void finish_error(struct sb_job *job)
         const char *msg = luaL_tolstring(co, -1, NULL);
         luaL_traceback(co, co, NULL, 0);
         snprintf(id, sizeof id, "%llu", (unsigned long long)job->id);
-        sb_counters.lua_errors++;
+        counters.lua_errors++;
         sb_log(SB_LOG_ERROR, "script error", "error", msg, "job", id, "handler", job->label,
                "traceback", lua_tostring(co, -1), NULL);
         out.detail = msg;
-        job->on_done(job, &out);
+        finish(job, &out);
     }
 }
 
@@ -236,8 +297,8 @@ static void job_resume(struct sb_job *job, int nargs)
     if (job->kill_reason)
         finish_killed(job);
     else if (status == LUA_OK) {
-        struct sb_job_outcome out = { SB_JOB_DONE, nres, 0, NULL, NULL, NULL };
-        job->on_done(job, &out);
+        struct sb_job_outcome out = { SB_JOB_DONE, nres, 0, NULL, NULL, NULL, 0 };
+        finish(job, &out);
     } else
         finish_error(job);
     job_unlink_and_free(job);
@@ -290,6 +351,11 @@ struct sb_job *sb_job_new(struct sb_runtime *rt, enum sb_job_kind kind, const ch
 
 void sb_job_start(struct sb_job *job, int nargs)
 {
+    if (running) {
+        /* a job never runs inside another: its writes would mix */
+        sb_log(SB_LOG_ERROR, "a job was started inside another one", "job", job->label, NULL);
+        abort();
+    }
     job_resume(job, nargs);
 }
 
@@ -300,7 +366,29 @@ struct sb_job *sb_job_checkwait(lua_State *L)
         luaL_error(L, "cannot wait at load time (top level of a script): do it in a handler");
     if (job->co != L)
         luaL_error(L, "cannot wait inside a coroutine the script created: call it from the handler itself");
+    if (!lua_isyieldable(L))
+        luaL_error(L, "cannot wait here (inside a metamethod or a library callback): call it from the handler itself");
     return job;
+}
+
+int sb_job_can_wait(lua_State *L)
+{
+    struct sb_job *job = running;
+    return job && job->kind != SB_JOB_LOAD && job->co == L && lua_isyieldable(L);
+}
+
+struct sb_txn *sb_job_txn(struct sb_job *job)
+{
+    if (!job->txn)
+        job->txn = sb_txn_new();
+    return job->txn;
+}
+
+struct sb_txn *sb_job_txn_of(lua_State *L)
+{
+    if (!running || (!running->txn && running->kind == SB_JOB_LOAD))
+        luaL_error(L, "no job is running: changes are only possible in a handler or at load time");
+    return sb_job_txn(running);
 }
 
 void sb_job_wait(struct sb_job *job, sb_job_cancel_fn cancel, void *wait)
@@ -314,7 +402,66 @@ void sb_job_wake(struct sb_job *job, int nargs)
 {
     job->cancel_wait = NULL;
     job->wait = NULL;
+    wake_unlink(job);
     job_resume(job, nargs);
+}
+
+void sb_job_answer(struct sb_job *job, int nargs)
+{
+    if (job == running) {
+        job->waiting = 0;
+        job->cancel_wait = NULL;
+        job->wait = NULL;
+        job->answered = nargs;
+        return;
+    }
+    sb_job_wake(job, nargs);
+}
+
+static void wake_due(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    /* only those queued before this turn: a resume may queue others */
+    {
+        struct sb_job *tail = wake_tail;
+        while (wake_head) {
+            struct sb_job *job = wake_head, *last = tail;
+            wake_head = job->next_wake;
+            if (!wake_head)
+                wake_tail = NULL;
+            job->next_wake = NULL;
+            job->wake_queued = 0;
+            sb_job_wake(job, 0);
+            if (job == last)
+                break;
+        }
+    }
+    if (wake_head)
+        event_active(wake_ev, 0, 0);
+}
+
+static void wake_soon_cancel(struct sb_job *job, void *wait)
+{
+    (void)wait;
+    wake_unlink(job);
+}
+
+void sb_job_wake_soon(struct sb_job *job)
+{
+    job->cancel_wait = wake_soon_cancel;
+    job->wait = NULL;
+    if (job->wake_queued)
+        return;
+    job->wake_queued = 1;
+    job->next_wake = NULL;
+    if (wake_tail)
+        wake_tail->next_wake = job;
+    else
+        wake_head = job;
+    wake_tail = job;
+    event_active(wake_ev, 0, 0);
 }
 
 static void load_done(struct sb_job *job, const struct sb_job_outcome *out)
@@ -323,7 +470,8 @@ static void load_done(struct sb_job *job, const struct sb_job_outcome *out)
     (void)out;
 }
 
-int sb_job_pcall_load(struct sb_runtime *rt, int nargs, int nresults, const char *label, struct sb_error *err)
+int sb_job_pcall_load(struct sb_runtime *rt, int nargs, int nresults, const char *label, struct sb_txn *txn,
+                      struct sb_error *err)
 {
     struct sb_job job;
     lua_State *L = rt->L;
@@ -339,6 +487,7 @@ int sb_job_pcall_load(struct sb_runtime *rt, int nargs, int nresults, const char
     job.started = job.resume_started = t0;
     job.deadline = t0 + rt->cfg->job_timeout;
     job.on_done = load_done;
+    job.txn = txn;
 
     running = &job;
     rt->mem_enforce++;
@@ -363,15 +512,55 @@ int sb_job_pcall_load(struct sb_runtime *rt, int nargs, int nresults, const char
     return -1;
 }
 
-void sb_jobs_abort_all(void)
+static void abort_all(int status, const char *code, const char *message)
 {
     while (jobs) {
         struct sb_job *job = jobs;
-        struct sb_job_outcome out = { SB_JOB_FAILED, 0, 503, "shutting_down", "the server is stopping", NULL };
+        struct sb_job_outcome out = { SB_JOB_FAILED, 0, status, code, message, NULL, 0 };
         if (job->waiting && job->cancel_wait)
             job->cancel_wait(job, job->wait);
         job->waiting = 0;
-        job->on_done(job, &out);
+        job->cancel_wait = NULL;
+        finish(job, &out);
         job_unlink_and_free(job);
     }
+}
+
+void sb_jobs_abort_all(void)
+{
+    abort_all(503, "shutting_down", "the server is stopping");
+}
+
+/* A batch failed: every job in flight may stand on writes being undone. */
+static void store_failed(void)
+{
+    abort_all(503, "store_unavailable", "the data could not be stored: retry later");
+}
+
+static void render_metrics(struct evbuffer *out)
+{
+    sb_metrics_gauge(out, "switchboard_jobs_in_flight", "Jobs (requests, timers, outbox handlers) running or waiting.",
+                     (double)jobs_live);
+    sb_metrics_counter(out, "switchboard_lua_errors_total", "Jobs that ended with a Lua error.", counters.lua_errors);
+    sb_metrics_family(out, "switchboard_budget_kills_total", "counter", "Jobs stopped for exceeding a budget.");
+    evbuffer_add_printf(out, "switchboard_budget_kills_total{reason=\"cpu\"} %llu\n"
+                             "switchboard_budget_kills_total{reason=\"memory\"} %llu\n"
+                             "switchboard_budget_kills_total{reason=\"deadline\"} %llu\n",
+                        counters.kills_cpu, counters.kills_memory, counters.kills_deadline);
+}
+
+void sb_jobs_init(void)
+{
+    sb_runtime_set_memory_hook(note_memory_exhausted);
+    sb_txn_set_failure_hook(store_failed);
+    if (!wake_ev)
+        wake_ev = event_new(sb_base, -1, 0, wake_due, NULL);
+    sb_metrics_register(render_metrics);
+}
+
+void sb_jobs_free(void)
+{
+    if (wake_ev)
+        event_free(wake_ev);
+    wake_ev = NULL;
 }

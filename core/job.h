@@ -1,5 +1,9 @@
 /* Jobs: every unit of work (an HTTP request routed to Lua, a timer firing,
- * a webhook) runs in its own coroutine on the runtime it started on.
+ * an outbox handler, a load) runs in its own coroutine on the runtime it
+ * started on, with its own transaction (txn.h): what it writes commits
+ * only if it ends well, and nothing of it remains if it fails. No job ever
+ * starts or resumes inside another: wake-ups from within a job are
+ * deferred to the loop.
  *
  * Budgets, checked by a count hook while the coroutine runs:
  *   cpu_ms_per_resume  time of one resume (the loop does nothing else then)
@@ -18,9 +22,10 @@
 
 struct lua_State;
 struct sb_runtime;
+struct sb_txn;
 struct event;
 
-enum sb_job_kind { SB_JOB_LOAD, SB_JOB_HTTP, SB_JOB_TIMER };
+enum sb_job_kind { SB_JOB_LOAD, SB_JOB_HTTP, SB_JOB_TIMER, SB_JOB_OUTBOX };
 
 /* How a job ended. */
 enum sb_job_result {
@@ -35,6 +40,7 @@ struct sb_job_outcome {
     const char *code;         /* SB_JOB_FAILED: machine-readable error code */
     const char *message;      /* SB_JOB_FAILED: human-readable message */
     const char *detail;       /* SB_JOB_FAILED: the Lua error, for logs and dead letters (never sent to clients) */
+    uint64_t seq;             /* SB_JOB_DONE: the store batch an answer waits for (0: none) */
 };
 
 struct sb_job;
@@ -59,11 +65,17 @@ struct sb_job {
     void *wait;
     struct event *deadline_ev;
     sb_job_done_fn on_done;
+    /* SB_JOB_DONE only: adds the job's last writes to its transaction
+     * before it ends (an outbox entry's delivery mark, a timer's removal). */
+    void (*before_end)(struct sb_job *job);
     void *owner;                  /* e.g. the evhttp_request of an HTTP job */
-    uint64_t write_seq;           /* store batch of the job's last write (0: none) */
+    struct sb_txn *txn;           /* created on first use (sb_job_txn) */
     int pinned;                   /* answers still owed to this job by other threads */
     int zombie;                   /* ended while pinned: freed when the last pin goes */
+    int wake_queued;              /* in the list of deferred wake-ups */
+    int answered;                 /* values an answer left before the job could yield */
     struct sb_job *prev, *next;
+    struct sb_job *next_wake;
 };
 
 /* Creates a job on rt. Push the function and its arguments on job->co,
@@ -83,9 +95,27 @@ void sb_job_wait(struct sb_job *job, sb_job_cancel_fn cancel, void *wait);
  * re-enter (collect first, wake after). The job may be freed on return. */
 void sb_job_wake(struct sb_job *job, int nargs);
 
-/* Records that the running job (if any) wrote to store batch seq: an HTTP
- * job is answered only once that batch is committed. */
-void sb_job_note_write(uint64_t seq);
+/* Delivers nargs values pushed on job->co to a job that waits for them:
+ * resumes it, or, when the answer came at once (the binding that armed the
+ * wait has not yielded yet), leaves them for that binding to return:
+ *   sb_job_wait(...); start(...); if (!job->waiting) return job->answered;
+ *   return lua_yield(L, 0); */
+void sb_job_answer(struct sb_job *job, int nargs);
+/* Resumes a waiting job with no values from the loop, soon: for wake-ups
+ * that happen inside another job (a conversation handed over when its
+ * owner ends). Replaces the job's wait. */
+void sb_job_wake_soon(struct sb_job *job);
+
+/* The job's transaction, created on first use. */
+struct sb_txn *sb_job_txn(struct sb_job *job);
+/* The transaction of the job (or load) running Lua on L; raises a Lua
+ * error outside one. */
+struct sb_txn *sb_job_txn_of(struct lua_State *L);
+/* 1 if the code running on L may wait (a job's own coroutine, yieldable). */
+int sb_job_can_wait(struct lua_State *L);
+/* Raises if the running job is over its CPU or wall-clock budget; for C
+ * code that runs long without executing Lua instructions. */
+void sb_job_budget_check(struct lua_State *L);
 
 /* A pin keeps the job's memory alive for an answer that cannot be
  * cancelled (a store read on the store thread). sb_job_unpin returns 1 if
@@ -94,17 +124,25 @@ void sb_job_note_write(uint64_t seq);
 void sb_job_pin(struct sb_job *job);
 int sb_job_unpin(struct sb_job *job);
 
-/* Called by the runtime allocator when it refuses memory. */
-void sb_job_note_memory_exhausted(void);
 /* The job whose coroutine is running now (NULL between resumes). */
 struct sb_job *sb_job_running(void);
 
 /* Runs the function below nargs arguments on the runtime's main state under
- * the load budget (script top level). Returns 0, or -1 with err filled. */
-int sb_job_pcall_load(struct sb_runtime *rt, int nargs, int nresults, const char *label, struct sb_error *err);
+ * the load budget (script top level), writing through txn. Returns 0, or
+ * -1 with err filled. */
+int sb_job_pcall_load(struct sb_runtime *rt, int nargs, int nresults, const char *label, struct sb_txn *txn,
+                      struct sb_error *err);
 
+struct sb_job_counters {
+    unsigned long long lua_errors, kills_cpu, kills_memory, kills_deadline;
+};
+const struct sb_job_counters *sb_job_counters(void);
+
+/* Installs the job layer's hooks (memory refusals, store failures). */
+void sb_jobs_init(void);
 size_t sb_jobs_in_flight(void);
 /* Stops every job (shutdown): waits are cancelled, HTTP jobs answered 503. */
 void sb_jobs_abort_all(void);
+void sb_jobs_free(void);
 
 #endif

@@ -4,16 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <lauxlib.h>
-#include <lua.h>
-
-#include "bindings.h"
-#include "job.h"
 #include "store.h"
+#include "txn.h"
 #include "util.h"
-
-#define KV_KEY_MAX 512
-#define KV_VALUE_MAX (1 << 20)
 
 struct kv_entry {
     char *key;
@@ -22,8 +15,21 @@ struct kv_entry {
     double expires;   /* wall clock; 0: never */
 };
 
+/* A change kept aside by a live transaction; json NULL deletes. Once the
+ * transaction ended it remembers what it replaced, to put it back. */
+struct kv_change {
+    struct sb_txn *txn;
+    char *key;
+    char *json;
+    size_t json_len;
+    double expires;
+    struct kv_entry *replaced;   /* after end: the entry it replaced (or NULL) */
+    struct kv_change *prev, *next;
+};
+
 static void *tree;
 static size_t count;
+static struct kv_change *pending;   /* changes of live transactions, newest first */
 
 static int by_key(const void *a, const void *b)
 {
@@ -33,6 +39,8 @@ static int by_key(const void *a, const void *b)
 static void entry_free(void *p)
 {
     struct kv_entry *e = p;
+    if (!e)
+        return;
     free(e->key);
     free(e->json);
     free(e);
@@ -46,47 +54,142 @@ static struct kv_entry *lookup(const char *key)
     return found ? *found : NULL;
 }
 
-static void persist_delete(const char *key)
+static void pending_unlink(struct kv_change *c)
 {
-    struct store_op *op = store_op_new(STORE_KV_DELETE);
-    store_op_str(op, key);
-    sb_job_note_write(store_submit(op));
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        pending = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
 }
 
-static void remove_entry(struct kv_entry *e)
+static void change_free(struct kv_change *c)
 {
-    persist_delete(e->key);
-    tdelete(e, &tree, by_key);
-    count--;
-    entry_free(e);
+    free(c->key);
+    free(c->json);
+    free(c);
 }
 
-void sb_kv_set(const char *key, const char *json, size_t json_len, double ttl)
+/* Puts e in the tree in place of what is there; returns what was there. */
+static struct kv_entry *tree_replace(const char *key, struct kv_entry *e)
 {
-    struct kv_entry *e = lookup(key);
-    if (!e) {
-        e = sb_xcalloc(1, sizeof *e);
-        e->key = sb_xstrdup(key);
+    struct kv_entry *old = lookup(key);
+    if (old) {
+        tdelete(old, &tree, by_key);
+        count--;
+    }
+    if (e) {
         tsearch(e, &tree, by_key);
         count++;
-    } else {
-        free(e->json);
     }
-    e->json = sb_xmalloc(json_len + 1);
-    memcpy(e->json, json, json_len);
-    e->json[json_len] = '\0';
-    e->json_len = json_len;
-    e->expires = ttl > 0 ? sb_now_wall() + ttl : 0;
-    {
-        struct store_op *op = store_op_new(STORE_KV_PUT);
-        store_op_str(op, key);
-        store_op_text(op, json, json_len);
-        if (e->expires)
-            store_op_real(op, e->expires);
-        else
-            store_op_null(op);
-        sb_job_note_write(store_submit(op));
+    return old;
+}
+
+static void change_end(void *data, uint64_t seq)
+{
+    struct kv_change *c = data;
+    struct kv_entry *e = NULL;
+    (void)seq;
+    pending_unlink(c);
+    if (c->json) {
+        e = sb_xcalloc(1, sizeof *e);
+        e->key = sb_xstrdup(c->key);
+        e->json = c->json;
+        e->json_len = c->json_len;
+        e->expires = c->expires;
+        c->json = NULL;
     }
+    c->replaced = tree_replace(c->key, e);
+}
+
+static void change_abort(void *data)
+{
+    struct kv_change *c = data;
+    pending_unlink(c);
+    change_free(c);
+}
+
+static void change_undo(void *data)
+{
+    struct kv_change *c = data;
+    entry_free(tree_replace(c->key, c->replaced));
+    c->replaced = NULL;
+    change_free(c);
+}
+
+static void change_commit(void *data)
+{
+    struct kv_change *c = data;
+    entry_free(c->replaced);
+    change_free(c);
+}
+
+static const struct sb_txn_effect_ops change_ops = { change_end, change_abort, change_undo, change_commit };
+
+static void keep_aside(struct sb_txn *t, const char *key, const char *json, size_t json_len, double expires)
+{
+    struct kv_change *c = sb_xcalloc(1, sizeof *c);
+    c->txn = t;
+    c->key = sb_xstrdup(key);
+    if (json) {
+        c->json = sb_xmalloc(json_len + 1);
+        memcpy(c->json, json, json_len);
+        c->json[json_len] = '\0';
+        c->json_len = json_len;
+    }
+    c->expires = expires;
+    c->next = pending;
+    if (pending)
+        pending->prev = c;
+    pending = c;
+    sb_txn_effect(t, &change_ops, c);
+}
+
+static const struct kv_change *own_change(struct sb_txn *t, const char *key)
+{
+    const struct kv_change *c;
+    for (c = pending; c && t; c = c->next)
+        if (c->txn == t && strcmp(c->key, key) == 0)
+            return c;
+    return NULL;
+}
+
+void sb_kv_set(struct sb_txn *t, const char *key, const char *json, size_t json_len, double ttl)
+{
+    double expires = ttl > 0 ? sb_now_wall() + ttl : 0;
+    keep_aside(t, key, json, json_len, expires);
+    sb_txn_write(t, store_put_kv(key, json, json_len, expires));
+}
+
+const char *sb_kv_get(struct sb_txn *t, const char *key, size_t *len)
+{
+    const struct kv_change *c = own_change(t, key);
+    const struct kv_entry *e;
+    double now = sb_now_wall();
+    if (c) {
+        if (!c->json || (c->expires && c->expires <= now))
+            return NULL;
+        *len = c->json_len;
+        return c->json;
+    }
+    e = lookup(key);
+    if (!e || (e->expires && e->expires <= now))
+        return NULL;
+    *len = e->json_len;
+    return e->json;
+}
+
+int sb_kv_delete(struct sb_txn *t, const char *key)
+{
+    size_t len;
+    int existed = sb_kv_get(t, key, &len) != NULL;
+    if (existed) {
+        keep_aside(t, key, NULL, 0, 0);
+        sb_txn_write(t, store_delete_kv(key));
+    }
+    return existed;
 }
 
 static void load_row(void *arg, const struct store_row *r)
@@ -94,42 +197,21 @@ static void load_row(void *arg, const struct store_row *r)
     struct kv_entry *e;
     double expires = r->text[2] ? r->num[2] : 0;
     (void)arg;
-    if (expires && expires <= sb_now_wall())
+    if (!r->text[0] || !r->text[1] || (expires && expires <= sb_now_wall()))
         return;
     e = sb_xcalloc(1, sizeof *e);
     e->key = sb_xstrdup(r->text[0]);
-    e->json = sb_xstrdup(r->text[1]);
-    e->json_len = strlen(e->json);
+    e->json_len = r->len[1];
+    e->json = sb_xmalloc(e->json_len + 1);
+    memcpy(e->json, r->text[1], e->json_len);
+    e->json[e->json_len] = '\0';
     e->expires = expires;
-    tsearch(e, &tree, by_key);
-    count++;
+    entry_free(tree_replace(e->key, e));
 }
 
 int sb_kv_load(void)
 {
     return store_load_kv(load_row, NULL);
-}
-
-const char *sb_kv_get(const char *key, size_t *len)
-{
-    struct kv_entry *e = lookup(key);
-    if (!e)
-        return NULL;
-    if (e->expires && e->expires <= sb_now_wall()) {
-        remove_entry(e);
-        return NULL;
-    }
-    *len = e->json_len;
-    return e->json;
-}
-
-int sb_kv_delete(const char *key)
-{
-    struct kv_entry *e = lookup(key);
-    if (!e)
-        return 0;
-    remove_entry(e);
-    return 1;
 }
 
 static struct kv_entry **expired;
@@ -156,8 +238,10 @@ size_t sb_kv_sweep(void)
     nexpired = 0;
     twalk_r(tree, collect_expired, NULL);
     n = nexpired;
-    for (i = 0; i < n; i++)
-        remove_entry(expired[i]);
+    for (i = 0; i < n; i++) {
+        store_submit_system(store_delete_kv(expired[i]->key));
+        entry_free(tree_replace(expired[i]->key, NULL));
+    }
     free(expired);
     expired = NULL;
     nexpired = expired_cap = 0;
@@ -172,60 +256,4 @@ void sb_kv_free_all(void)
     tdestroy(tree, entry_free);
     tree = NULL;
     count = 0;
-}
-
-/* Bindings: state.set(key, value [, ttl]), state.get(key), state.delete(key) */
-
-static const char *check_key(lua_State *L)
-{
-    size_t n;
-    const char *key = luaL_checklstring(L, 1, &n);
-    luaL_argcheck(L, n > 0 && n <= KV_KEY_MAX && strlen(key) == n, 1, "key must be 1-512 bytes without NUL");
-    return key;
-}
-
-static int state_set(lua_State *L)
-{
-    const char *key = check_key(L);
-    double ttl = luaL_optnumber(L, 3, 0);
-    size_t len;
-    const char *json;
-    luaL_argcheck(L, ttl >= 0, 3, "ttl must be >= 0");
-    if (lua_isnoneornil(L, 2)) {
-        sb_kv_delete(key);
-        return 0;
-    }
-    sb_json_encode_at(L, 2);
-    json = lua_tolstring(L, -1, &len);
-    luaL_argcheck(L, len <= KV_VALUE_MAX, 2, "value larger than 1 MiB once encoded");
-    sb_kv_set(key, json, len, ttl);
-    return 0;
-}
-
-static int state_get(lua_State *L)
-{
-    const char *key = check_key(L);
-    size_t len;
-    const char *json = sb_kv_get(key, &len);
-    if (!json) {
-        lua_pushnil(L);
-        return 1;
-    }
-    sb_json_decode(L, json, len);
-    return 1;
-}
-
-static int state_delete(lua_State *L)
-{
-    lua_pushboolean(L, sb_kv_delete(check_key(L)));
-    return 1;
-}
-
-void sb_bind_state_open(lua_State *L)
-{
-    static const luaL_Reg funcs[] = {
-        { "set", state_set }, { "get", state_get }, { "delete", state_delete }, { NULL, NULL }
-    };
-    luaL_newlib(L, funcs);
-    lua_setglobal(L, "state");
 }

@@ -10,15 +10,19 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/listener.h>
 
+#include "bind_route.h"
+#include "bindings.h"
 #include "config.h"
 #include "conv.h"
 #include "httpclient.h"
 #include "job.h"
 #include "kvstate.h"
+#include "loader.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
@@ -27,6 +31,7 @@
 #include "server.h"
 #include "store.h"
 #include "timer.h"
+#include "txn.h"
 #include "util.h"
 
 #define DEFAULT_CONFIG "examples/switchboard.conf.lua"
@@ -42,6 +47,7 @@ static double stop_deadline;
 static double jobs_drained_at;
 static struct event *drain_ev;
 static struct event *sweep_ev;
+static unsigned long long reloads_ok, reloads_failed;
 
 static void usage(FILE *f)
 {
@@ -60,20 +66,37 @@ static void usage(FILE *f)
 static void apply_settings(const struct sb_config *cfg)
 {
     struct sb_outbox_settings os;
+    struct sb_conv_settings cs;
     os.max_attempts = cfg->outbox_max_attempts;
     os.max_age = cfg->outbox_max_age;
     os.backoff_base = cfg->outbox_backoff_base;
     os.backoff_max = cfg->outbox_backoff_max;
     os.concurrency = cfg->outbox_concurrency;
     os.timeout = cfg->outbox_timeout;
+    os.keep_delivered = cfg->keep_delivered;
+    os.keep_dead = cfg->keep_dead;
     sb_outbox_configure(&os);
+    cs.recent_messages = cfg->recent_messages;
+    cs.dedupe_window = cfg->dedupe_window;
+    cs.idle_unload = cfg->memory_idle;
+    sb_conv_configure(&cs);
+    sb_timers_configure(cfg->timer_retry_max);
     sb_log_set_level(cfg->log_level);
-    sb_httpclient_configure(cfg->http_client_max_response);
+    sb_httpclient_configure(cfg->http_client_max_response, cfg->http_client_max_connections);
+}
+
+/* Secrets of outbound calls come from the config serving now, so a reload
+ * rotates them for calls still waiting in the outbox. */
+static char *resolve_secret(const char *path)
+{
+    struct sb_runtime *rt = sb_runtime_current();
+    return rt ? sb_config_secret(rt->cfg, path) : NULL;
 }
 
 /* Builds config and runtime for the next generation without touching the
- * running ones. */
-static struct sb_runtime *build(unsigned gen, struct sb_error *err, sb_error_report_fn report_all)
+ * running ones; what the load wrote waits in *txn. */
+static struct sb_runtime *build(unsigned gen, struct sb_txn **txn, struct sb_error *err,
+                                sb_error_report_fn report_all)
 {
     struct sb_config *cfg = sb_config_load(config_path, &overrides, err);
     struct sb_runtime *rt;
@@ -82,8 +105,14 @@ static struct sb_runtime *build(unsigned gen, struct sb_error *err, sb_error_rep
             report_all(err);
         return NULL;
     }
-    rt = sb_runtime_new(cfg, gen, err, report_all);
+    *txn = sb_txn_new();
+    rt = sb_load_runtime(cfg, gen, *txn, err, report_all);
     sb_config_unref(cfg);  /* the runtime holds its own reference */
+    if (!rt) {
+        /* a rejected load leaves nothing: no state, no outbox call, no change */
+        sb_txn_abort(*txn);
+        *txn = NULL;
+    }
     return rt;
 }
 
@@ -100,10 +129,11 @@ static void log_load_failure(const char *what, const struct sb_error *err)
 static unsigned reload(struct sb_error *err)
 {
     struct sb_runtime *rt, *old = sb_runtime_current();
+    struct sb_txn *txn = NULL;
     char gen_s[16];
-    rt = build(generation + 1, err, NULL);
+    rt = build(generation + 1, &txn, err, NULL);
     if (!rt) {
-        sb_counters.reloads_failed++;
+        reloads_failed++;
         log_load_failure("reload failed", err);
         return 0;
     }
@@ -112,15 +142,14 @@ static unsigned reload(struct sb_error *err)
     if (strcmp(rt->cfg->data_dir, old->cfg->data_dir) != 0)
         sb_log(SB_LOG_WARN, "data_dir changed in config: takes effect at restart", NULL);
     generation++;
-    if (rt->cfg->recent_messages != old->cfg->recent_messages)
-        sb_log(SB_LOG_WARN, "conversations.recent_messages changed in config: takes effect at restart", NULL);
     if (strcmp(rt->cfg->store_sync, old->cfg->store_sync) != 0)
         sb_log(SB_LOG_WARN, "store.sync changed in config: takes effect at restart", NULL);
     sb_runtime_swap(rt);
     sb_timers_commit_load(generation);
+    sb_txn_end(txn);
     apply_settings(rt->cfg);
     sb_server_configure(rt->cfg);
-    sb_counters.reloads_ok++;
+    reloads_ok++;
     snprintf(gen_s, sizeof gen_s, "%u", generation);
     sb_log(SB_LOG_INFO, "reload ok", "generation", gen_s, NULL);
     return generation;
@@ -174,13 +203,27 @@ static void on_sigterm(evutil_socket_t fd, short what, void *arg)
     drain_check(-1, 0, NULL);
 }
 
+/* Expired state, idle conversations out of memory, retention in the store. */
 static void on_sweep(evutil_socket_t fd, short what, void *arg)
 {
+    const struct sb_config *cfg = sb_runtime_current()->cfg;
+    double now = sb_now_wall();
     (void)fd;
     (void)what;
     (void)arg;
     sb_kv_sweep();
-    sb_conv_prune_seen();
+    sb_conv_sweep();
+    sb_outbox_sweep();
+    store_submit_system(store_prune_keys(now - cfg->dedupe_window, 5000));
+    if (cfg->keep_closed > 0)
+        store_submit_system(store_prune_conversations(now - cfg->keep_closed, 500));
+}
+
+static void render_metrics(struct evbuffer *out)
+{
+    sb_metrics_family(out, "switchboard_reloads_total", "counter", "Script reloads, by result.");
+    evbuffer_add_printf(out, "switchboard_reloads_total{result=\"ok\"} %llu\n"
+                             "switchboard_reloads_total{result=\"failed\"} %llu\n", reloads_ok, reloads_failed);
 }
 
 static int ensure_dir(const char *path)
@@ -191,11 +234,11 @@ static int ensure_dir(const char *path)
     return mkdir(path, 0750);
 }
 
-/* Opens the store under the config's data_dir, loads what it holds into
- * memory and starts the store thread. */
+/* Opens the store under the config's data_dir, loads what must be in
+ * memory (pending outbox windows, state, timers; conversations come on
+ * demand) and starts the store thread. */
 static int start_store(const struct sb_config *cfg, struct sb_error *err)
 {
-    struct sb_conv_settings cs;
     enum store_sync sync = STORE_SYNC_FULL;
     char n[24], o[24];
     if (ensure_dir(cfg->data_dir) != 0) {
@@ -205,10 +248,9 @@ static int start_store(const struct sb_config *cfg, struct sb_error *err)
     store_parse_sync(cfg->store_sync, &sync);
     if (store_open(cfg->data_dir, sync, err) != 0)
         return -1;
-    cs.recent_messages = cfg->recent_messages;
-    cs.dedupe_window = cfg->dedupe_window;
-    sb_conv_configure(&cs);
-    if (sb_conv_load() || sb_outbox_load() || sb_kv_load() || sb_timers_load()) {
+    sb_txn_init();
+    apply_settings(cfg);
+    if (sb_conv_start() || sb_outbox_load() || sb_kv_load() || sb_timers_load()) {
         sb_error_set(err, cfg->data_dir, 0, "cannot load the store");
         return -1;
     }
@@ -234,16 +276,23 @@ static int run_check(void)
 {
     struct sb_error err;
     struct sb_runtime *rt;
+    struct sb_txn *txn = NULL;
     sb_base = event_base_new();
     sb_log_set_level(SB_LOG_WARN);
+    sb_jobs_init();
     memset(&err, 0, sizeof err);
-    rt = build(1, &err, print_check_error);
+    rt = build(1, &txn, &err, print_check_error);
     if (!rt) {
         sb_timers_free_all();
+        sb_jobs_free();
+        sb_metrics_free();
         event_base_free(sb_base);
         return 1;
     }
+    sb_txn_abort(txn);   /* a check changes nothing */
     sb_runtime_unref(rt);
+    sb_jobs_free();
+    sb_metrics_free();
     sb_timers_free_all();
     sb_kv_free_all();
     event_base_free(sb_base);
@@ -320,7 +369,7 @@ int main(int argc, char **argv)
         return 1;
     }
     memset(&err, 0, sizeof err);
-    if (sb_httpclient_init(16 << 20, 64) != 0) {
+    if (sb_httpclient_init() != 0) {
         sb_log(SB_LOG_ERROR, "cannot initialise the HTTP client", NULL);
         goto out;
     }
@@ -336,16 +385,26 @@ int main(int argc, char **argv)
         sb_config_unref(cfg);
         goto out;
     }
-    rt = sb_runtime_new(cfg, generation, &err, NULL);
-    sb_config_unref(cfg);
-    if (!rt) {
-        log_load_failure("load failed", &err);
-        goto out;
+    sb_jobs_init();
+    sb_bindings_runners();
+    sb_runtime_register_metrics();
+    sb_metrics_register(render_metrics);
+    sb_outbox_set_secret_resolver(resolve_secret);
+    {
+        struct sb_txn *txn = sb_txn_new();
+        rt = sb_load_runtime(cfg, generation, txn, &err, NULL);
+        sb_config_unref(cfg);
+        if (!rt) {
+            sb_txn_abort(txn);
+            log_load_failure("load failed", &err);
+            goto out;
+        }
+        sb_runtime_swap(rt);
+        sb_timers_commit_load(generation);
+        sb_txn_end(txn);
     }
-    sb_runtime_swap(rt);
-    sb_timers_commit_load(generation);
     apply_settings(rt->cfg);
-    if (sb_server_start(rt->cfg, reload) != 0) {
+    if (sb_server_start(rt->cfg, reload, sb_route_dispatch) != 0) {
         char port[16];
         snprintf(port, sizeof port, "%d", rt->cfg->listen_port);
         sb_log(SB_LOG_ERROR, "cannot listen", "host", rt->cfg->listen_host, "port", port, NULL);
@@ -377,6 +436,7 @@ out:
     sb_conv_free_all();
     sb_httpclient_shutdown();
     sb_kv_free_all();
+    sb_jobs_free();
     sb_metrics_free();
     if (ev_hup)
         event_free(ev_hup);

@@ -1,25 +1,23 @@
-/* Process-wide counters rendered in Prometheus text format on /metrics. */
+/* Prometheus text on /metrics. The registry knows no module: each module
+ * registers a function that writes its own families, so adding a metric
+ * never makes this file depend on the module that owns it. */
 #ifndef SB_METRICS_H
 #define SB_METRICS_H
 
 struct evbuffer;
 
-struct sb_counters {
-    unsigned long long lua_errors;
-    unsigned long long kills_cpu;
-    unsigned long long kills_memory;
-    unsigned long long kills_deadline;
-    unsigned long long reloads_ok;
-    unsigned long long reloads_failed;
-};
+typedef void (*sb_metrics_render_fn)(struct evbuffer *out);
 
-extern struct sb_counters sb_counters;
-
-/* route is the registered pattern (or "unmatched"); it is copied. */
-void sb_metrics_http(const char *route, int status);
-/* status 0 means the request failed before any HTTP status arrived. */
-void sb_metrics_outbound(int status);
+/* Registers fn once (a second registration of the same fn is ignored). */
+void sb_metrics_register(sb_metrics_render_fn fn);
 void sb_metrics_render(struct evbuffer *out);
 void sb_metrics_free(void);
+
+/* Helpers for renderers. */
+void sb_metrics_family(struct evbuffer *out, const char *name, const char *type, const char *help);
+void sb_metrics_counter(struct evbuffer *out, const char *name, const char *help, unsigned long long v);
+void sb_metrics_gauge(struct evbuffer *out, const char *name, const char *help, double v);
+/* Appends s escaped as a label value (without the quotes). */
+void sb_metrics_label_value(struct evbuffer *out, const char *s);
 
 #endif

@@ -1,17 +1,29 @@
-/* The outbox: every outbound call that must not be lost. An entry is
- * persisted before it is attempted, delivered in order within its lane (a
- * conversation and a target), retried with exponential backoff and jitter
- * on network errors, 5xx, 408 and 429 (honouring Retry-After), and
- * dead-lettered after a bound of attempts or age, with the reason kept.
+/* The outbox: every outbound call that must not be lost. An entry joins
+ * its job's transaction and is attempted only once that transaction
+ * committed; it is delivered in order within its lane (a conversation and
+ * a target), retried with exponential backoff and jitter on network errors,
+ * 5xx, 408 and 429 (honouring Retry-After), and dead-lettered after a bound
+ * of attempts or age, with the reason kept.
  *
  * Kinds: "http" (an HTTP request; an optional result handler runs with the
- * response before the delivery counts as done) and "job" (a Lua handler run
- * as a job; it succeeds when the handler returns without error). */
+ * response before the delivery counts as done) and "job" (a handler run as
+ * a job; it succeeds when the handler returns without error). Handlers run
+ * through the runner the job layer registers; a handler's success and its
+ * own writes commit together, so a retried handler never repeats what an
+ * earlier attempt committed.
+ *
+ * Lanes are drained from the event loop, a bounded number of lanes per
+ * loop turn; no attempt ever starts inside another job. Only a window of
+ * each lane's entries is in memory; the rest waits in the store. */
 #ifndef SB_OUTBOX_H
 #define SB_OUTBOX_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+struct sb_txn;
+struct sb_http_response;
+struct store_row;
 
 struct sb_outbox_settings {
     int max_attempts;
@@ -20,28 +32,52 @@ struct sb_outbox_settings {
     double backoff_max;
     int concurrency;
     double timeout;
+    double keep_delivered;   /* seconds a delivered entry stays in the store; 0: deleted when delivered */
+    double keep_dead;        /* seconds a dead letter stays in the store */
 };
 
 struct sb_outbox_new {
-    int64_t id;                  /* 0: new entry; else requeue of a dead one */
     const char *conversation_id; /* may be NULL */
     const char *lane;            /* ordering key */
     const char *kind;            /* "http" | "job" */
     const char *target;          /* instance name (http) or handler name (job) */
-    const char *method, *url;    /* http */
+    const char *method, *url;    /* http; url and header values may hold ${config.path} secrets */
     const char *headers;         /* http: "Name: value" lines joined by '\n', or NULL */
     const char *body;            /* http: may be NULL */
     size_t body_len;
     const char *data;            /* JSON: context for the result handler, or the job's data */
     const char *on_result;       /* http: handler name, or NULL */
-    const char *idem_key;        /* NULL: generated */
-    double created;              /* 0: now */
 };
 
 void sb_outbox_configure(const struct sb_outbox_settings *s);
-/* Queues an entry (writing it to the store). Returns its id, or 0 with a
- * message in err. */
-int64_t sb_outbox_add(const struct sb_outbox_new *e, char *err, size_t err_size);
+/* Queues an entry as part of t. Returns its id, or 0 with a message in err. */
+int64_t sb_outbox_add(struct sb_txn *t, const struct sb_outbox_new *e, char *err, size_t err_size);
+/* Sends a dead letter again (fresh attempts and age, same id and key) as
+ * part of t. row: the entry as store_fetch_outbox_entry returns it.
+ * Returns 0, or -1 with a reason (not a dead letter, already requeued). */
+int sb_outbox_requeue(struct sb_txn *t, const struct store_row *row, char *err, size_t err_size);
+
+/* Handlers. The runner starts a job for entry a (response: the HTTP
+ * response a result handler gets; NULL for a job entry) and reports with
+ * sb_outbox_succeeded before the job's transaction ends (the delivery mark
+ * joins it), or sb_outbox_failed after it was aborted. */
+struct sb_outbox_attempt;
+struct sb_outbox_job {
+    int64_t id;
+    const char *conversation_id, *target, *handler, *data, *idem_key;
+    int attempts;
+    const struct sb_http_response *response;
+};
+typedef void (*sb_outbox_run_fn)(struct sb_outbox_attempt *a, const struct sb_outbox_job *job);
+void sb_outbox_set_runner(sb_outbox_run_fn fn);
+void sb_outbox_succeeded(struct sb_outbox_attempt *a, struct sb_txn *t);
+void sb_outbox_failed(struct sb_outbox_attempt *a, const char *reason);
+
+/* Secrets: ${path} in a URL or a header value is replaced when the call is
+ * made (they are never stored); resolve returns a malloc'ed value or NULL. */
+typedef char *(*sb_outbox_secret_fn)(const char *path);
+void sb_outbox_set_secret_resolver(sb_outbox_secret_fn fn);
+
 int sb_outbox_load(void);
 /* Starts delivering what was loaded (once a runtime exists). */
 void sb_outbox_start(void);
@@ -52,10 +88,12 @@ void sb_outbox_pause(void);
 /* Final stop: outcomes arriving from now on are not recorded. */
 void sb_outbox_stop(void);
 void sb_outbox_free_all(void);
+/* Retention of delivered entries and dead letters (periodic). */
+void sb_outbox_sweep(void);
 
 struct sb_outbox_counters {
     unsigned long long delivered, retried, dead;
-    size_t pending, in_flight;
+    size_t pending, in_flight, in_memory;
 };
 const struct sb_outbox_counters *sb_outbox_counters(void);
 
@@ -63,5 +101,8 @@ const struct sb_outbox_counters *sb_outbox_counters(void);
 double sb_outbox_retry_after_in_body(const char *body, size_t len);
 /* Exposed for tests: the delay before attempt number `attempt` (1-based). */
 double sb_outbox_backoff(int attempt, double jitter01);
+/* Exposed for tests: url/header text with ${path} secrets resolved; NULL
+ * with the missing path in err when one cannot be. */
+char *sb_outbox_expand(const char *text, char *err, size_t err_size);
 
 #endif

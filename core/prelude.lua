@@ -10,6 +10,52 @@ local http_error = http_error
 
 local engine = {}
 
+-- Conversations. A job that gets hold of one has it to itself until the job
+-- ends (docs/architecture.md): the C primitives below say where it is, and
+-- these wrappers load it from the store or wait in line, both by yielding.
+local conv_api = conversations
+local c_lookup, c_load, c_wait, c_create = conv_api._lookup, conv_api._load, conv_api._wait, conv_api._create
+conv_api._lookup, conv_api._load, conv_api._wait, conv_api._create = nil, nil, nil, nil
+
+local function hold(a, b)
+  while true do
+    local conv, status = c_lookup(a, b)
+    if conv then return conv end
+    if status == "unloaded" then
+      local found, err = c_load(a, b)
+      if found == nil then error("conversations: " .. tostring(err), 3) end
+      if not found then return nil end
+    elseif status == "busy" then
+      c_wait(a, b)
+    else
+      error("conversations: waiting for this conversation would deadlock"
+            .. " (the job holding it waits for one this job holds)", 3)
+    end
+  end
+end
+
+-- conversations.get(id) -> conv | nil
+function conv_api.get(id)
+  if type(id) ~= "string" then error("conversations.get: id must be a string", 2) end
+  if #id ~= 20 then return nil end   -- not an id the engine gives
+  return hold(id)
+end
+
+-- conversations.find(channel, client_id) -> conv | nil
+function conv_api.find(channel, client_id)
+  return hold(channel, client_id)
+end
+
+-- conversations.find_or_create(channel, client_id [, client]) -> conv, created
+function conv_api.find_or_create(channel, client_id, client)
+  while true do
+    local conv = hold(channel, client_id)
+    if conv then return conv, false end
+    conv = c_create(channel, client_id, client)
+    if conv then return conv, true end
+  end
+end
+
 -- "name" or "a.b.c": a global function, looked up at call time so a reload
 -- (which builds a new _G) changes what runs.
 function engine.resolve(name)

@@ -11,18 +11,16 @@
 #include <lua.h>
 #include <lualib.h>
 
-#include "bindings.h"
-#include "job.h"
 #include "log.h"
-#include "timer.h"
-
-#include "prelude_lua.h"  /* generated from core/prelude.lua: sb_prelude_lua[] */
+#include "metrics.h"
 
 #define SCRIPT_MAX_BYTES (4 << 20)
-#define SCRIPTS_PER_DIR_MAX 4096
 
 static struct sb_runtime *current;
 static int live_runtimes;
+static void (*memory_hook)(void);
+
+void sb_runtime_set_memory_hook(void (*hook)(void)) { memory_hook = hook; }
 
 struct sb_runtime *sb_runtime_current(void) { return current; }
 int sb_runtimes_live(void) { return live_runtimes; }
@@ -80,8 +78,8 @@ static void *runtime_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         /* Lua answers a refusal with an emergency collection and asks again
          * with the same arguments; only a second refusal means the script
          * really holds that much. */
-        if (rt->refused_ptr == ptr && rt->refused_osize == osize && rt->refused_nsize == nsize)
-            sb_job_note_memory_exhausted();
+        if (rt->refused_ptr == ptr && rt->refused_osize == osize && rt->refused_nsize == nsize && memory_hook)
+            memory_hook();
         rt->refused_ptr = ptr;
         rt->refused_osize = osize;
         rt->refused_nsize = nsize;
@@ -272,6 +270,24 @@ static int safe_print(lua_State *L)
     return 0;
 }
 
+/* rawset() that leaves the read-only config alone: its proxies are tables
+ * whose writes __newindex refuses, which rawset would go around. */
+static int safe_rawset(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checkany(L, 2);
+    luaL_checkany(L, 3);
+    if (lua_getmetatable(L, 1)) {
+        int ro = lua_getfield(L, -1, SB_CONFIG_READONLY_MARK) != LUA_TNIL;
+        lua_pop(L, 2);
+        if (ro)
+            return luaL_error(L, "config is read-only");
+    }
+    lua_settop(L, 3);
+    lua_rawset(L, 1);
+    return 1;
+}
+
 /* load() restricted to text chunks: precompiled bytecode can break out of
  * the sandbox. load(chunk, chunkname, mode, env) */
 static int safe_load(lua_State *L)
@@ -285,7 +301,7 @@ static int safe_load(lua_State *L)
     return lua_gettop(L);
 }
 
-static int load_script_chunk(lua_State *L, const char *path, const char *display)
+int sb_runtime_load_chunk(lua_State *L, const char *path, const char *display)
 {
     char *src = NULL;
     size_t len;
@@ -336,12 +352,18 @@ static int safe_require(lua_State *L)
             snprintf(path, sizeof path, v == 0 ? "%s/%s.lua" : "%s/%s/init.lua", root, rel);
             if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
                 continue;
-            if (load_script_chunk(L, path, path) != LUA_OK)
+            if (sb_runtime_load_chunk(L, path, path) != LUA_OK)
                 return lua_error(L);
             lua_pushlightuserdata(L, (void *)safe_require);  /* marks "loading" */
             lua_setfield(L, 2, name);
             lua_pushstring(L, name);
-            lua_call(L, 1, 1);
+            if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+                /* a module that failed may be required again (after a fix, or
+                 * by a later job): it is not "loading" any more */
+                lua_pushnil(L);
+                lua_setfield(L, 2, name);
+                return lua_error(L);
+            }
             if (lua_isnil(L, -1)) {
                 lua_pop(L, 1);
                 lua_pushboolean(L, 1);
@@ -381,6 +403,8 @@ static void open_sandbox(lua_State *L)
     lua_setglobal(L, "print");
     lua_pushcfunction(L, safe_require);
     lua_setglobal(L, "require");
+    lua_pushcfunction(L, safe_rawset);
+    lua_setglobal(L, "rawset");
 
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_getfield(L, -1, LUA_OSLIBNAME);
@@ -396,198 +420,54 @@ static void open_sandbox(lua_State *L)
 
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, "sb.loaded");
-}
 
-/* Script loading */
-
-static int name_cmp(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Lists "*.lua" regular files directly in dir, sorted. A missing folder is
- * an empty one. Returns count or -1 with err set. */
-static int list_scripts(const char *dir, char ***out, struct sb_error *err)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char **names = NULL;
-    int n = 0;
-    *out = NULL;
-    if (!d) {
-        if (errno == ENOENT)
-            return 0;
-        sb_error_set(err, dir, 0, "cannot open script folder: %s", strerror(errno));
-        return -1;
+    /* Strings share one metatable in a runtime: a script that replaced it
+     * (getmetatable("").__index = ...) would break every other script. */
+    lua_pushliteral(L, "");
+    if (lua_getmetatable(L, -1)) {
+        lua_pushliteral(L, "protected");
+        lua_setfield(L, -2, "__metatable");
+        lua_pop(L, 1);
     }
-    while ((e = readdir(d)) != NULL) {
-        size_t len = strlen(e->d_name);
-        char path[1024];
-        struct stat st;
-        if (len < 5 || strcmp(e->d_name + len - 4, ".lua") != 0 || e->d_name[0] == '.')
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
-            continue;
-        if (n >= SCRIPTS_PER_DIR_MAX) {
-            sb_error_set(err, dir, 0, "more than %d scripts in folder", SCRIPTS_PER_DIR_MAX);
-            closedir(d);
-            while (n > 0)
-                free(names[--n]);
-            free(names);
-            return -1;
-        }
-        names = sb_xrealloc(names, (size_t)(n + 1) * sizeof *names);
-        names[n++] = sb_xstrdup(e->d_name);
-    }
-    closedir(d);
-    if (n > 1)
-        qsort(names, (size_t)n, sizeof *names, name_cmp);
-    *out = names;
-    return n;
+    lua_pop(L, 1);
 }
 
-/* Records a load error. Returns 1 if loading should stop here. */
-static int load_error(struct sb_runtime *rt, struct sb_error *err, const struct sb_error *e)
-{
-    if (rt->load_errors++ == 0 && err != e)
-        *err = *e;
-    if (!rt->report_all)
-        return 1;
-    rt->report_all(e);
-    return 0;
-}
 
-static int load_dir(struct sb_runtime *rt, const char *dir, struct sb_error *err)
-{
-    lua_State *L = rt->L;
-    char **names = NULL;
-    int i, n, rc = 0;
-    n = list_scripts(dir, &names, err);
-    if (n < 0)
-        return -1;
-    for (i = 0; i < n && rc == 0; i++) {
-        char path[1024], modname[256];
-        size_t ml = strlen(names[i]) - 4;
-        struct sb_error e;
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        if (load_script_chunk(L, path, path) != LUA_OK) {
-            sb_error_from_lua(&e, lua_tostring(L, -1), path);
-            lua_pop(L, 1);
-            if (load_error(rt, err, &e))
-                rc = -1;
-            continue;
-        }
-        snprintf(modname, sizeof modname, "%.*s", (int)ml, names[i]);
-        lua_pushstring(L, modname);
-        if (sb_job_pcall_load(rt, 1, 1, path, &e) != 0) {
-            if (load_error(rt, err, &e))
-                rc = -1;
-            continue;
-        }
-        /* A top-level script is also its own module: require("name") returns
-         * what it returned without running it twice. */
-        lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");
-        if (lua_getfield(L, -1, modname) == LUA_TNIL) {
-            lua_pop(L, 1);
-            if (lua_isnil(L, -2))
-                lua_pushboolean(L, 1);
-            else
-                lua_pushvalue(L, -2);
-            lua_setfield(L, -2, modname);
-        } else {
-            lua_pop(L, 1);
-        }
-        lua_pop(L, 2);
-    }
-    for (i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
-    return rc;
-}
-
-static int load_prelude(struct sb_runtime *rt, struct sb_error *err)
-{
-    lua_State *L = rt->L;
-    if (luaL_loadbufferx(L, sb_prelude_lua, sizeof sb_prelude_lua - 1, "=prelude", "t") != LUA_OK ||
-        lua_pcall(L, 0, 1, 0) != LUA_OK) {
-        sb_error_set(err, "prelude", 0, "engine prelude failed: %s", lua_tostring(L, -1));
-        return -1;
-    }
-    if (!lua_istable(L, -1)) {
-        sb_error_set(err, "prelude", 0, "engine prelude must return a table");
-        return -1;
-    }
-    rt->engine_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    return 0;
-}
-
-/* A route naming a handler that does not exist would only fail on the first
- * request; catch it at load so the old runtime keeps serving instead. */
-static int check_routes(struct sb_runtime *rt, struct sb_error *err)
-{
-    lua_State *L = rt->L;
-    size_t i;
-    int ok = 1;
-    for (i = 0; i < rt->nroutes && ok; i++) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, rt->engine_ref);
-        lua_getfield(L, -1, "resolve");
-        lua_pushstring(L, rt->routes[i].handler);
-        if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TFUNCTION) {
-            struct sb_error where, e;
-            sb_error_from_lua(&where, rt->routes[i].where, rt->routes[i].where);
-            sb_error_set(&e, where.file, where.line, "route %s %s: handler '%s' is not a function",
-                         rt->routes[i].method, rt->routes[i].pattern, rt->routes[i].handler);
-            ok = !load_error(rt, err, &e);
-        }
-        lua_pop(L, 2);
-    }
-    return ok && rt->load_errors == 0 ? 0 : -1;
-}
-
-struct sb_runtime *sb_runtime_new(struct sb_config *cfg, unsigned generation, struct sb_error *err,
-                                  sb_error_report_fn report_all)
+struct sb_runtime *sb_runtime_create(struct sb_config *cfg, unsigned generation, struct sb_error *err)
 {
     struct sb_runtime *rt = sb_xcalloc(1, sizeof *rt);
     lua_State *L;
-    int d;
 
     rt->generation = generation;
     rt->refs = 1;
     rt->cfg = cfg;
     sb_config_ref(cfg);
     rt->mem_limit = cfg->lua_memory_limit;
-    rt->report_all = report_all;
     rt->engine_ref = rt->http_error_mt_ref = LUA_NOREF;
     rt->json_encode_ref = rt->json_decode_ref = rt->config_ref = LUA_NOREF;
     live_runtimes++;
     L = rt->L = lua_newstate(runtime_alloc, rt);
     if (!L) {
         sb_error_set(err, "", 0, "cannot create Lua state");
-        goto fail;
+        sb_runtime_unref(rt);
+        return NULL;
     }
     *(struct sb_runtime **)lua_getextraspace(L) = rt;
     lua_atpanic(L, runtime_panic);
     lua_gc(L, LUA_GCGEN, 0, 0);
-
     open_sandbox(L);
-    sb_bindings_open(rt);
-    if (load_prelude(rt, err))
-        goto fail;
-
-    rt->loading = 1;
-    for (d = 0; d < SB_DIR_COUNT; d++) {
-        if (load_dir(rt, cfg->dirs[d], err))
-            goto fail;
-    }
-    rt->loading = 0;
-    if (check_routes(rt, err) || rt->load_errors)
-        goto fail;
-    lua_settop(L, 0);
-    lua_gc(L, LUA_GCCOLLECT);
     return rt;
-fail:
-    sb_timers_discard_load(generation);
-    sb_runtime_unref(rt);
-    return NULL;
+}
+
+static void render_metrics(struct evbuffer *out)
+{
+    sb_metrics_gauge(out, "switchboard_runtime_generation", "Generation of the Lua runtime serving now.",
+                     current ? (double)current->generation : 0);
+    sb_metrics_gauge(out, "switchboard_runtimes_live", "Lua runtimes alive (current plus retired ones with jobs).",
+                     (double)live_runtimes);
+}
+
+void sb_runtime_register_metrics(void)
+{
+    sb_metrics_register(render_metrics);
 }

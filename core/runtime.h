@@ -1,6 +1,6 @@
 /* A Lua runtime: one lua_State with the sandbox, the bindings and every
- * script loaded. A new one is built for each (re)load and swapped in only
- * when it loaded cleanly; jobs keep the runtime they started on alive
+ * script loaded. A new one is built for each (re)load (loader.c) and
+ * swapped in only when it loaded cleanly; jobs keep the runtime they started on alive
  * through a reference count, and a retired runtime is closed when its last
  * job ends. */
 #ifndef SB_RUNTIME_H
@@ -56,11 +56,16 @@ struct sb_runtime {
     int load_errors;
 };
 
-/* Builds and checks a runtime. NULL with err naming file and line on
- * failure (the first error). With report_all set, loading goes on after an
- * error so that each one is reported; the build still fails. */
-struct sb_runtime *sb_runtime_new(struct sb_config *cfg, unsigned generation, struct sb_error *err,
-                                  sb_error_report_fn report_all);
+/* A new runtime: a Lua state with the capped allocator and the sandbox,
+ * nothing loaded yet (loader.c builds the rest). */
+struct sb_runtime *sb_runtime_create(struct sb_config *cfg, unsigned generation, struct sb_error *err);
+/* Loads a script file as a chunk named display ("@display"), text only.
+ * Stack: [-0, +1] (the chunk or an error message). */
+int sb_runtime_load_chunk(struct lua_State *L, const char *path, const char *display);
+/* Called when the allocator refuses memory to script code (the job layer
+ * stops the running job). */
+void sb_runtime_set_memory_hook(void (*hook)(void));
+void sb_runtime_register_metrics(void);
 void sb_runtime_ref(struct sb_runtime *rt);
 void sb_runtime_unref(struct sb_runtime *rt);
 

@@ -11,10 +11,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
-#include <lauxlib.h>
-#include <lua.h>
 
-#include "job.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
@@ -25,6 +22,7 @@
 static struct evhttp *http;
 static struct evhttp_bound_socket *listener;
 static sb_reload_fn reload_fn;
+static sb_dispatch_fn dispatch;
 static int shutting_down;
 static size_t requests_open;
 /* >0 while we write a reply ourselves: output added at other times comes
@@ -33,6 +31,48 @@ static int own_output;
 static int rewriting;
 
 size_t sb_server_requests_open(void) { return requests_open; }
+
+/* Requests answered, by route pattern and status. Label sets are few
+ * (registered routes x statuses): a flat array that grows stays small. */
+struct http_count {
+    char *route;
+    int status;
+    unsigned long long n;
+};
+
+static struct http_count *http_counts;
+static size_t http_count_len, http_count_cap;
+
+static void count_request(const char *route, int status)
+{
+    size_t i;
+    for (i = 0; i < http_count_len; i++) {
+        if (http_counts[i].status == status && strcmp(http_counts[i].route, route) == 0) {
+            http_counts[i].n++;
+            return;
+        }
+    }
+    if (http_count_len == http_count_cap) {
+        http_count_cap = http_count_cap ? http_count_cap * 2 : 32;
+        http_counts = sb_xrealloc(http_counts, http_count_cap * sizeof *http_counts);
+    }
+    http_counts[http_count_len].route = sb_xstrdup(route);
+    http_counts[http_count_len].status = status;
+    http_counts[http_count_len].n = 1;
+    http_count_len++;
+}
+
+static void render_metrics(struct evbuffer *out)
+{
+    size_t i;
+    sb_metrics_family(out, "switchboard_http_requests_total", "counter",
+                      "HTTP requests answered, by route pattern and status.");
+    for (i = 0; i < http_count_len; i++) {
+        evbuffer_add_printf(out, "switchboard_http_requests_total{route=\"");
+        sb_metrics_label_value(out, http_counts[i].route);
+        evbuffer_add_printf(out, "\",status=\"%d\"} %llu\n", http_counts[i].status, http_counts[i].n);
+    }
+}
 
 int sb_server_listen_fd(void)
 {
@@ -56,7 +96,7 @@ static void send_reply(struct evhttp_request *req, int status, const char *route
     own_output++;
     evhttp_send_reply(req, status, sb_http_reason(status), body);
     own_output--;
-    sb_metrics_http(route, status);
+    count_request(route, status);
 }
 
 static void send_json(struct evhttp_request *req, int status, const char *route, struct evbuffer *body)
@@ -155,7 +195,7 @@ static void rewrite_error_page(struct evbuffer *buf, const struct evbuffer_cb_in
     rewriting = 0;
     evbuffer_free(keep);
     evbuffer_free(json);
-    sb_metrics_http("rejected", status);
+    count_request("rejected", status);
 }
 
 static struct bufferevent *make_connection_bev(struct event_base *base, void *arg)
@@ -231,10 +271,10 @@ static void handle_reload(struct evhttp_request *req)
     evbuffer_free(b);
 }
 
-/* Script routes */
+/* Replies of script routes */
 
-/* A reply held until the store batch with the handler's writes commits:
- * nothing is acknowledged before it is durable. */
+/* A reply held until the store batch it depends on is committed: nothing
+ * is acknowledged before it is durable. */
 struct held_reply {
     struct evhttp_request *req;
     int status;
@@ -255,136 +295,26 @@ static void release_reply(void *arg, int ok)
     free(h);
 }
 
-static void http_job_done(struct sb_job *job, const struct sb_job_outcome *out)
+void sb_server_reply(struct evhttp_request *req, const char *route, int status, struct evbuffer *body, uint64_t seq)
 {
-    struct evhttp_request *req = job->owner;
-    lua_State *co = job->co;
-    struct evbuffer *b;
-    const char *route = job->label;
-    int base;
-
-    if (out->result == SB_JOB_FAILED) {
-        send_error(req, out->status, route, out->code ? out->code : "error",
-                   out->message ? out->message : sb_http_reason(out->status));
+    struct held_reply *h;
+    if (seq == 0) {
+        send_reply(req, status, route, body);
         return;
     }
-    /* run_route returned: status, body, content type or nil, headers */
-    base = lua_gettop(co) - out->nresults;
-    {
-        int status = (int)lua_tointeger(co, base + 1);
-        size_t len;
-        const char *body = lua_tolstring(co, base + 2, &len);
-        const char *ctype = lua_tostring(co, base + 3);
-        struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
-        if (lua_istable(co, base + 4)) {
-            lua_pushnil(co);
-            while (lua_next(co, base + 4)) {
-                const char *k = lua_tostring(co, -2), *v = lua_tostring(co, -1);
-                if (strcasecmp(k, "content-length") == 0 || strcasecmp(k, "connection") == 0 ||
-                    strcasecmp(k, "transfer-encoding") == 0) {
-                    /* framing is the server's business */
-                } else if (strcasecmp(k, "content-type") == 0) {
-                    ctype = v;
-                    evhttp_add_header(oh, "Content-Type", v);
-                } else if (evhttp_add_header(oh, k, v) != 0) {
-                    sb_log(SB_LOG_WARN, "response header dropped", "handler", job->label, "header", k, NULL);
-                }
-                lua_pop(co, 1);
-            }
-        }
-        if (ctype && !evhttp_find_header(oh, "Content-Type"))
-            evhttp_add_header(oh, "Content-Type", ctype);
-        b = evbuffer_new();
-        evbuffer_add(b, body ? body : "", body ? len : 0);
-        lua_settop(co, base);
-        if (job->write_seq > store_committed_seq()) {
-            struct held_reply *h = sb_xcalloc(1, sizeof *h);
-            h->req = req;
-            h->status = status;
-            snprintf(h->route, sizeof h->route, "%s", route);
-            h->body = b;
-            store_when_committed(job->write_seq, release_reply, h);
-            return;
-        }
-        send_reply(req, status, route, b);
-        evbuffer_free(b);
-    }
+    h = sb_xcalloc(1, sizeof *h);
+    h->req = req;
+    h->status = status;
+    snprintf(h->route, sizeof h->route, "%s", route);
+    h->body = evbuffer_new();
+    evbuffer_add_buffer(h->body, body);
+    store_when_committed(seq, release_reply, h);   /* at once if it finished */
 }
 
-/* Pushes the req table for run_route. Stack of co: [-0, +1]. */
-static void push_request(lua_State *co, struct evhttp_request *req, const char *path,
-                         const struct sb_route_match *m, const char *method)
+void sb_server_error(struct evhttp_request *req, const char *route, int status, const char *code,
+                     const char *message)
 {
-    struct evkeyvalq *hdrs = evhttp_request_get_input_headers(req);
-    struct evkeyval *kv;
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
-    size_t i, blen = evbuffer_get_length(in);
-    char *host = NULL;
-    ev_uint16_t port = 0;
-
-    lua_createtable(co, 0, 8);
-    lua_pushstring(co, method);
-    lua_setfield(co, -2, "method");
-    lua_pushstring(co, path);
-    lua_setfield(co, -2, "path");
-
-    lua_createtable(co, 0, (int)m->nparams);
-    for (i = 0; i < m->nparams; i++) {
-        char raw[1024];
-        size_t dl = 0, vl = m->value_lens[i] < sizeof raw - 1 ? m->value_lens[i] : sizeof raw - 1;
-        char *dec;
-        memcpy(raw, m->values[i], vl);
-        raw[vl] = '\0';
-        dec = evhttp_uridecode(raw, 0, &dl);
-        lua_pushlstring(co, m->names[i] + 1, strlen(m->names[i]) - 2);
-        lua_pushlstring(co, dec ? dec : raw, dec ? dl : vl);
-        lua_rawset(co, -3);
-        free(dec);
-    }
-    lua_setfield(co, -2, "params");
-
-    lua_newtable(co);
-    if (query) {
-        struct evkeyvalq q;
-        TAILQ_INIT(&q);
-        if (evhttp_parse_query_str(query, &q) == 0) {
-            TAILQ_FOREACH(kv, &q, next) {
-                lua_pushstring(co, kv->value);
-                lua_setfield(co, -2, kv->key);
-            }
-        }
-        evhttp_clear_headers(&q);
-    }
-    lua_setfield(co, -2, "query");
-
-    lua_newtable(co);
-    TAILQ_FOREACH(kv, hdrs, next) {
-        char name[256];
-        size_t n = strlen(kv->key);
-        if (n >= sizeof name)
-            continue;
-        for (i = 0; i <= n; i++)
-            name[i] = (char)((kv->key[i] >= 'A' && kv->key[i] <= 'Z') ? kv->key[i] + 32 : kv->key[i]);
-        if (lua_getfield(co, -1, name) == LUA_TSTRING) {
-            lua_pushfstring(co, "%s, %s", lua_tostring(co, -1), kv->value);
-            lua_remove(co, -2);
-        } else {
-            lua_pop(co, 1);
-            lua_pushstring(co, kv->value);
-        }
-        lua_setfield(co, -2, name);
-    }
-    lua_setfield(co, -2, "headers");
-
-    lua_pushlstring(co, blen ? (const char *)evbuffer_pullup(in, -1) : "", blen);
-    lua_setfield(co, -2, "body");
-
-    evhttp_connection_get_peer(evhttp_request_get_connection(req), &host, &port);
-    if (host) {
-        lua_pushstring(co, host);
-        lua_setfield(co, -2, "remote_addr");
-    }
+    send_error(req, status, route, code, message);
 }
 
 static const char *method_name(enum evhttp_cmd_type t)
@@ -443,7 +373,6 @@ static void on_request(struct evhttp_request *req, void *arg)
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     struct sb_runtime *rt = sb_runtime_current();
     struct sb_route_match m;
-    struct sb_job *job;
     char allow[128];
     int path_known;
     (void)arg;
@@ -467,13 +396,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         }
         return;
     }
-    job = sb_job_new(rt, SB_JOB_HTTP, m.route->pattern, http_job_done, req);
-    lua_rawgeti(job->co, LUA_REGISTRYINDEX, rt->engine_ref);
-    lua_getfield(job->co, -1, "run_route");
-    lua_remove(job->co, -2);
-    lua_pushstring(job->co, m.route->handler);
-    push_request(job->co, req, path, &m, method);
-    sb_job_start(job, 2);
+    dispatch(rt, &m, req, method, path);
 }
 
 void sb_server_configure(const struct sb_config *cfg)
@@ -483,9 +406,11 @@ void sb_server_configure(const struct sb_config *cfg)
     evhttp_set_timeout(http, cfg->idle_timeout);
 }
 
-int sb_server_start(const struct sb_config *cfg, sb_reload_fn reload)
+int sb_server_start(const struct sb_config *cfg, sb_reload_fn reload, sb_dispatch_fn dispatch_fn)
 {
     reload_fn = reload;
+    dispatch = dispatch_fn;
+    sb_metrics_register(render_metrics);
     http = evhttp_new(sb_base);
     if (!http)
         return -1;
@@ -512,7 +437,13 @@ void sb_server_stop_accepting(void)
 
 void sb_server_free(void)
 {
+    size_t i;
     if (http)
         evhttp_free(http);
     http = NULL;
+    for (i = 0; i < http_count_len; i++)
+        free(http_counts[i].route);
+    free(http_counts);
+    http_counts = NULL;
+    http_count_len = http_count_cap = 0;
 }

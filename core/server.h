@@ -5,14 +5,32 @@
 #define SB_SERVER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
+
+struct evbuffer;
 
 /* Performs a reload for POST /admin/reload; returns the new generation, or
  * 0 with err filled. */
 typedef unsigned (*sb_reload_fn)(struct sb_error *err);
 
-int sb_server_start(const struct sb_config *cfg, sb_reload_fn reload);
+/* Runs a script route for a request (bind_route.c); it must answer
+ * through sb_server_reply or sb_server_error, exactly once. */
+struct sb_runtime;
+struct sb_route_match;
+struct evhttp_request;
+typedef void (*sb_dispatch_fn)(struct sb_runtime *rt, const struct sb_route_match *m, struct evhttp_request *req,
+                               const char *method, const char *path);
+
+int sb_server_start(const struct sb_config *cfg, sb_reload_fn reload, sb_dispatch_fn dispatch);
+/* Sends a script's reply (the body buffer's contents are taken), held
+ * until store batch seq is committed (then 503 store_unavailable if it
+ * failed). Headers were added to the request's output headers. */
+void sb_server_reply(struct evhttp_request *req, const char *route, int status, struct evbuffer *body,
+                     uint64_t seq);
+void sb_server_error(struct evhttp_request *req, const char *route, int status, const char *code,
+                     const char *message);
 /* Applies limits/timeouts of a newly loaded config. */
 void sb_server_configure(const struct sb_config *cfg);
 /* Shutdown, step 1: closes the listening socket; open connections get 503. */
@@ -24,7 +42,6 @@ int sb_server_listen_fd(void);
 void sb_server_free(void);
 
 /* Formats {"error":{"code":...,"message":...}}; exposed for tests. */
-struct evbuffer;
 void sb_error_json(struct evbuffer *out, const char *code, const char *message);
 
 #endif

@@ -30,13 +30,15 @@ local function read(kind, params)
   return text
 end
 
+-- Read pages come from the store (after every write before them), without
+-- taking hold of the conversation.
 local function known_conversation(id)
-  if not conversations.get(id) then http_error(404, "not_found", "no such conversation") end
+  local text = read("conversation", { id = id, messages = 0 })
+  if text == "null" then http_error(404, "not_found", "no such conversation") end
 end
 
 function api.conversation(req)
   auth(req)
-  known_conversation(req.params.id)
   local text = read("conversation", { id = req.params.id, messages = 20 })
   if text == "null" then http_error(404, "not_found", "no such conversation") end
   return 200, text, json_headers
@@ -90,12 +92,12 @@ function api.retry_dead(req)
   auth(req)
   local id = tonumber(req.params.id)
   if not id or id ~= math.floor(id) then http_error(404, "not_found", "no such dead letter") end
-  local entry = json.decode(read("outbox_entry", { id = math.tointeger(id) }))
-  if entry == json.null or entry.state ~= "dead" then
+  local requeued, why = outbox.requeue(math.tointeger(id))
+  if not requeued then
+    if why == "already sent again" then http_error(409, "already_requeued", "this dead letter was sent again already") end
     http_error(404, "not_found", "no such dead letter")
   end
-  outbox.requeue(entry)
-  return 202, { id = entry.id, state = "pending" }
+  return 202, { id = requeued, state = "pending" }
 end
 
 -- Ends a live chat: {"reason": "optional text"} -> the desk is told, the

@@ -25,15 +25,16 @@ end
 
 -- An inbound client message from a channel adapter.
 -- msg = { text =, attachments =, client = profile, dedupe_key =, provider_ids = }
--- Returns conv, message; message.duplicate is true for a repeated dedupe_key.
+-- Returns conv, message; message.duplicate is true for a repeated dedupe_key
+-- (remembered per conversation for conversations.dedupe_window).
 function flow.client_message(channel, client_id, msg)
-  if msg.dedupe_key then
-    local cid, mid = conversations.seen(channel, msg.dedupe_key)
-    if cid then
-      return conversations.get(cid), { id = mid, duplicate = true }
-    end
-  end
+  -- Held by this job from here on: a retry of the same message waits for
+  -- this one to end, then sees its key (or, if this one failed, nothing).
   local conv, created = conversations.find_or_create(channel, client_id, msg.client)
+  if msg.dedupe_key and not created then
+    local mid = conv:seen(msg.dedupe_key)
+    if mid then return conv, { id = mid, duplicate = true } end
+  end
   if not created then merge_profile(conv, msg.client) end
   if conv.state == "closed" then conv:set_state("bot", "client message") end
   local profile = msg.client or {}

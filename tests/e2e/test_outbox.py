@@ -340,14 +340,13 @@ def test_http_bot_unreadable_body_is_not_lost_silently(fakes, daemon):
 
 
 FLAKY_LUA_BOT = """
--- Fails its first `config.bot_failures` calls, then echoes.
+-- Fails until POST /test/heal (a failing job keeps nothing it wrote, so the
+-- bot cannot count its own failures in state), then echoes.
 local M = {}
 
 function M.on_message(conv, msg)
-  local n = (state.get("bot_calls") or 0) + 1
-  state.set("bot_calls", n)
-  if n <= (config.bot_failures or 0) then
-    error("bot failure number " .. n)
+  if not state.get("healed") then
+    error("the bot is broken")
   end
   return { { type = "text", text = "you said: " .. msg.text } }
 end
@@ -355,14 +354,23 @@ end
 return M
 """
 
+HEAL_ROUTE = """
+function heal(req)
+  state.set("healed", true)
+  return 200, { healed = true }
+end
+route("POST", "/test/heal", "heal")
+"""
+
 
 def setup_flaky_lua_bot(daemon, fakes, failures, max_attempts):
     cb = fakes.callback()
     install_lua_tree(daemon)
     daemon.write_script("scripts/bots/flaky.lua", FLAKY_LUA_BOT)
+    daemon.write_script("scripts/zz_heal.lua", HEAL_ROUTE)
     write_conv_config(daemon, channels={"web": webhook_channel(cb.callback_url, bot="flaky")},
                       bots={"flaky": {"type": "lua", "module": "bots.flaky"}},
-                      outbox={"max_attempts": max_attempts}, bot_failures=failures)
+                      outbox={"max_attempts": max_attempts})
     daemon.start()
     return Api(daemon), cb
 
@@ -370,6 +378,9 @@ def setup_flaky_lua_bot(daemon, fakes, failures, max_attempts):
 def test_lua_bot_error_is_retried(fakes, daemon):
     api, cb = setup_flaky_lua_bot(daemon, fakes, failures=2, max_attempts=10)
     api.send("c-flaky", "hi")
+    wait_until(lambda: metric_sum(daemon, "switchboard_outbox_retried_total") >= 2, timeout=15,
+               message="two failed attempts of the bot job")
+    assert daemon.request("POST", "/test/heal").status == 200
     cb.wait_for_text("you said: hi")
     settle(0.5)
     assert cb.accepted_texts() == ["you said: hi"]

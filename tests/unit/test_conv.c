@@ -42,7 +42,7 @@ static void test_ids(void)
 
 static void test_backoff(void)
 {
-    struct sb_outbox_settings s = { 5, 3600, 1.0, 10.0, 4, 30 };
+    struct sb_outbox_settings s = { 5, 3600, 1.0, 10.0, 4, 30, 0, 86400 };
     sb_outbox_configure(&s);
     CHECK(sb_outbox_backoff(1, 1.0) == 1.0);
     CHECK(sb_outbox_backoff(1, 0.0) == 0.5);    /* jitter keeps at least half the step */

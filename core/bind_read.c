@@ -1,0 +1,125 @@
+/* conversations.read(kind, params) -> JSON text | nil, error: a page of the
+ * store (yields), in the shapes docs/conversations.md gives for the read API:
+ *   "conversation" {id, messages}, "conversations" {state, channel, limit, cursor},
+ *   "messages" {id, limit, cursor}, "events" {id, limit, cursor},
+ *   "outbox_dead" {limit, cursor}, "outbox_entry" {id} */
+#include "bind_read.h"
+
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "job.h"
+#include "store.h"
+
+static void read_done(void *arg, const char *json, size_t len, const char *error)
+{
+    struct sb_job *job = arg;
+    if (sb_job_unpin(job))
+        return; /* the job ended meanwhile (deadline, shutdown) */
+    if (json) {
+        lua_pushlstring(job->co, json, len);
+        sb_job_answer(job, 1);
+    } else {
+        lua_pushnil(job->co);
+        lua_pushstring(job->co, error ? error : "store read failed");
+        sb_job_answer(job, 2);
+    }
+}
+
+static void read_cancel(struct sb_job *job, void *wait)
+{
+    /* The store thread owns the work item and cannot be interrupted; the
+     * pin keeps the job's memory until its answer arrives and is dropped. */
+    (void)job;
+    (void)wait;
+}
+
+static const char *opt_text(lua_State *L, int t, const char *field)
+{
+    const char *s = NULL;
+    if (lua_getfield(L, t, field) == LUA_TSTRING)
+        s = lua_tostring(L, -1);
+    lua_pop(L, 1);   /* the string stays referenced by the table */
+    return s;
+}
+
+static int opt_limit(lua_State *L, int t)
+{
+    lua_Integer n = 50;
+    if (lua_getfield(L, t, "limit") != LUA_TNIL) {
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > 200)
+            luaL_error(L, "limit must be an integer from 1 to 200");
+        n = lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
+    return (int)n;
+}
+
+static const char *check_cursor(lua_State *L, int t)
+{
+    const char *s = NULL;
+    if (lua_getfield(L, t, "cursor") == LUA_TSTRING) {
+        size_t i, n;
+        s = lua_tolstring(L, -1, &n);
+        if (n == 0 || n > 18)
+            luaL_error(L, "cursor is not valid");
+        for (i = 0; i < n; i++)
+            if (s[i] < '0' || s[i] > '9')
+                luaL_error(L, "cursor is not valid");
+    } else if (!lua_isnil(L, -1)) {
+        luaL_error(L, "cursor is not valid");
+    }
+    lua_pop(L, 1);
+    return s;
+}
+
+static int conv_read(lua_State *L)
+{
+    static const struct { const char *name; enum store_page page; } kinds[] = {
+        { "conversation", STORE_PAGE_CONVERSATION }, { "conversations", STORE_PAGE_CONVERSATIONS },
+        { "messages", STORE_PAGE_MESSAGES }, { "events", STORE_PAGE_EVENTS },
+        { "outbox_dead", STORE_PAGE_OUTBOX_DEAD }, { "outbox_entry", STORE_PAGE_OUTBOX_ENTRY },
+    };
+    const char *kind = luaL_checkstring(L, 1);
+    struct store_page_query q;
+    struct sb_job *job;
+    size_t i;
+    int page = -1;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    for (i = 0; i < sizeof kinds / sizeof *kinds; i++)
+        if (!strcmp(kind, kinds[i].name))
+            page = (int)kinds[i].page;
+    if (page < 0)
+        return luaL_error(L, "conversations.read: unknown kind '%s'", kind);
+    job = sb_job_checkwait(L);
+    memset(&q, 0, sizeof q);
+    q.cursor = check_cursor(L, 2);
+    q.limit = opt_limit(L, 2);
+    q.id = opt_text(L, 2, "id");
+    q.state = opt_text(L, 2, "state");
+    q.channel = opt_text(L, 2, "channel");
+    q.messages = 20;
+    if (lua_getfield(L, 2, "messages") == LUA_TNUMBER)
+        q.messages = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (page == STORE_PAGE_OUTBOX_ENTRY) {
+        if (lua_getfield(L, 2, "id") != LUA_TNUMBER || !lua_isinteger(L, -1))
+            return luaL_error(L, "id must be an integer");
+        q.entry_id = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+    }
+    sb_job_pin(job);
+    sb_job_wait(job, read_cancel, NULL);
+    store_read_page((enum store_page)page, &q, read_done, job);
+    if (!job->waiting)
+        return job->answered;
+    return lua_yield(L, 0);
+}
+
+void sb_bind_read_open(lua_State *L)
+{
+    lua_pushcfunction(L, conv_read);
+    lua_setfield(L, -2, "read");
+}

@@ -1,0 +1,209 @@
+/* Building a runtime: the bindings, the engine prelude, then every script
+ * of the configured folders under the load budget, then the checks; on any
+ * error the half-built runtime is thrown away with everything its load
+ * created (its load timers; its writes are in the load's transaction,
+ * which the caller aborts). */
+#include "loader.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "bindings.h"
+#include "job.h"
+#include "log.h"
+#include "lpattern.h"
+#include "runtime.h"
+#include "timer.h"
+
+#include "prelude_lua.h"  /* generated from core/prelude.lua: sb_prelude_lua[] */
+
+#define SCRIPTS_PER_DIR_MAX 4096
+
+/* Script loading */
+
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Lists "*.lua" regular files directly in dir, sorted. A missing folder is
+ * an empty one. Returns count or -1 with err set. */
+static int list_scripts(const char *dir, char ***out, struct sb_error *err)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char **names = NULL;
+    int n = 0;
+    *out = NULL;
+    if (!d) {
+        if (errno == ENOENT)
+            return 0;
+        sb_error_set(err, dir, 0, "cannot open script folder: %s", strerror(errno));
+        return -1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        char path[1024];
+        struct stat st;
+        if (len < 5 || strcmp(e->d_name + len - 4, ".lua") != 0 || e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        if (n >= SCRIPTS_PER_DIR_MAX) {
+            sb_error_set(err, dir, 0, "more than %d scripts in folder", SCRIPTS_PER_DIR_MAX);
+            closedir(d);
+            while (n > 0)
+                free(names[--n]);
+            free(names);
+            return -1;
+        }
+        names = sb_xrealloc(names, (size_t)(n + 1) * sizeof *names);
+        names[n++] = sb_xstrdup(e->d_name);
+    }
+    closedir(d);
+    if (n > 1)
+        qsort(names, (size_t)n, sizeof *names, name_cmp);
+    *out = names;
+    return n;
+}
+
+/* Records a load error. Returns 1 if loading should stop here. */
+static int load_error(struct sb_runtime *rt, struct sb_error *err, const struct sb_error *e)
+{
+    if (rt->load_errors++ == 0 && err != e)
+        *err = *e;
+    if (!rt->report_all)
+        return 1;
+    rt->report_all(e);
+    return 0;
+}
+
+static int load_dir(struct sb_runtime *rt, const char *dir, struct sb_txn *txn, struct sb_error *err)
+{
+    lua_State *L = rt->L;
+    char **names = NULL;
+    int i, n, rc = 0;
+    n = list_scripts(dir, &names, err);
+    if (n < 0)
+        return -1;
+    for (i = 0; i < n && rc == 0; i++) {
+        char path[1024], modname[256];
+        size_t ml = strlen(names[i]) - 4;
+        struct sb_error e;
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        if (sb_runtime_load_chunk(L, path, path) != LUA_OK) {
+            sb_error_from_lua(&e, lua_tostring(L, -1), path);
+            lua_pop(L, 1);
+            if (load_error(rt, err, &e))
+                rc = -1;
+            continue;
+        }
+        snprintf(modname, sizeof modname, "%.*s", (int)ml, names[i]);
+        lua_pushstring(L, modname);
+        if (sb_job_pcall_load(rt, 1, 1, path, txn, &e) != 0) {
+            if (load_error(rt, err, &e))
+                rc = -1;
+            continue;
+        }
+        /* A top-level script is also its own module: require("name") returns
+         * what it returned without running it twice. */
+        lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");
+        if (lua_getfield(L, -1, modname) == LUA_TNIL) {
+            lua_pop(L, 1);
+            if (lua_isnil(L, -2))
+                lua_pushboolean(L, 1);
+            else
+                lua_pushvalue(L, -2);
+            lua_setfield(L, -2, modname);
+        } else {
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+    }
+    for (i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return rc;
+}
+
+static int load_prelude(struct sb_runtime *rt, struct sb_error *err)
+{
+    lua_State *L = rt->L;
+    if (luaL_loadbufferx(L, sb_prelude_lua, sizeof sb_prelude_lua - 1, "=prelude", "t") != LUA_OK ||
+        lua_pcall(L, 0, 1, 0) != LUA_OK) {
+        sb_error_set(err, "prelude", 0, "engine prelude failed: %s", lua_tostring(L, -1));
+        return -1;
+    }
+    if (!lua_istable(L, -1)) {
+        sb_error_set(err, "prelude", 0, "engine prelude must return a table");
+        return -1;
+    }
+    rt->engine_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+/* A route naming a handler that does not exist would only fail on the first
+ * request; catch it at load so the old runtime keeps serving instead. */
+static int check_routes(struct sb_runtime *rt, struct sb_error *err)
+{
+    lua_State *L = rt->L;
+    size_t i;
+    int ok = 1;
+    for (i = 0; i < rt->nroutes && ok; i++) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, rt->engine_ref);
+        lua_getfield(L, -1, "resolve");
+        lua_pushstring(L, rt->routes[i].handler);
+        if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TFUNCTION) {
+            struct sb_error where, e;
+            sb_error_from_lua(&where, rt->routes[i].where, rt->routes[i].where);
+            sb_error_set(&e, where.file, where.line, "route %s %s: handler '%s' is not a function",
+                         rt->routes[i].method, rt->routes[i].pattern, rt->routes[i].handler);
+            ok = !load_error(rt, err, &e);
+        }
+        lua_pop(L, 2);
+    }
+    return ok && rt->load_errors == 0 ? 0 : -1;
+}
+
+struct sb_runtime *sb_load_runtime(struct sb_config *cfg, unsigned generation, struct sb_txn *txn,
+                                   struct sb_error *err, sb_error_report_fn report_all)
+{
+    struct sb_runtime *rt = sb_runtime_create(cfg, generation, err);
+    lua_State *L;
+    int d;
+
+    if (!rt)
+        return NULL;
+    rt->report_all = report_all;
+    L = rt->L;
+    lua_getglobal(L, "string");
+    sb_lpattern_install(L, lua_gettop(L), sb_job_budget_check);
+    lua_pop(L, 1);
+    sb_bindings_open(rt);
+    if (load_prelude(rt, err))
+        goto fail;
+
+    rt->loading = 1;
+    for (d = 0; d < SB_DIR_COUNT; d++) {
+        if (load_dir(rt, cfg->dirs[d], txn, err))
+            goto fail;
+    }
+    rt->loading = 0;
+    if (check_routes(rt, err) || rt->load_errors)
+        goto fail;
+    lua_settop(L, 0);
+    lua_gc(L, LUA_GCCOLLECT);
+    return rt;
+fail:
+    sb_timers_discard_load(generation);
+    sb_runtime_unref(rt);
+    return NULL;
+}
