@@ -12,7 +12,8 @@ THREADS  = -pthread
 
 # Debian packages the build, the tests and the benchmark need.
 DEB_PACKAGES = gcc make pkg-config liblua5.4-dev lua-cjson-dev libevent-dev \
-               libcurl4-openssl-dev libsqlite3-dev lua5.4 python3 python3-pytest python3-pytest-xdist
+               libcurl4-openssl-dev libsqlite3-dev lua5.4 python3 python3-pytest python3-pytest-xdist \
+               tzdata
 
 CC      ?= cc
 WARN     = -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wcast-align -Wstrict-prototypes \
@@ -26,7 +27,8 @@ LDFLAGS_ALL = $(SAN) $(THREADS) $(LDFLAGS)
 
 CORE_SRCS = core/util.c core/log.c core/metrics.c core/config.c core/runtime.c core/job.c \
             core/bind_core.c core/bind_http.c core/httpclient.c core/timer.c core/kvstate.c \
-            core/server.c core/store_sqlite.c core/conv.c core/bind_conv.c core/outbox.c core/bind_outbox.c
+            core/server.c core/store_sqlite.c core/conv.c core/bind_conv.c core/outbox.c core/bind_outbox.c \
+            core/schedule.c
 MAIN_SRC  = core/main.c
 CORE_OBJS = $(CORE_SRCS:core/%.c=$(BUILD)/%.o)
 MAIN_OBJ  = $(BUILD)/main.o
