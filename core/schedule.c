@@ -193,7 +193,9 @@ static int check_zone(const char *tz, char *err, size_t err_size)
         dir = "/usr/share/zoneinfo";
     if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, tz) >= sizeof path)
         return fail(err, err_size, "unknown time zone \"%s\" (zone directory path too long)", tz);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* Non-blocking so that a FIFO in the zone directory cannot stall a
+     * reload; anything but a regular file is refused below. */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return fail(err, err_size, "unknown time zone \"%s\" (no zone file under %s)", tz, dir);
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

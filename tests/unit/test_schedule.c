@@ -1,5 +1,6 @@
 #include <math.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -251,6 +252,11 @@ static void test_parse_zones(void)
         }
         setenv("TZDIR", dir, 1);
         EXPECT_ERROR("09:00", "Notes", "Notes is not a zone file");
+        snprintf(path, sizeof path, "%s/Pipe", dir);
+        CHECK(mkfifo(path, 0600) == 0);
+        EXPECT_ERROR("09:00", "Pipe", "Pipe is not a zone file");
+        unlink(path);
+        snprintf(path, sizeof path, "%s/Notes", dir);
         EXPECT_ERROR("09:00", "Europe/Berlin", "unknown time zone \"Europe/Berlin\" (no zone file under /tmp/sb-zoneinfo-");
         unlink(path);
         rmdir(dir);
