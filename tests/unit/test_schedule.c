@@ -409,6 +409,170 @@ static void test_next_new_york_dst(void)
     EXPECT_NEXT("sat,sun 23:00", "America/New_York", utc("2026-11-01T03:00:00Z"), "2026-11-02T04:00:00Z");
 }
 
+/* --- an independent oracle ---
+ * Walks the zone's clock minute by minute (every zone below changes its
+ * offset on whole minutes) and fires where the clock first reaches a listed
+ * day and time: where a reading was already passed earlier (the clock set
+ * back) it does not fire again, and where the clock jumps over readings it
+ * fires at the jump. It shares nothing with resolve() but localtime_r. */
+
+struct oracle_zone {
+    char *saved;
+};
+
+static void oracle_enter(struct oracle_zone *z, const char *zone)
+{
+    const char *env = getenv("TZ");
+    char value[80];
+    z->saved = env ? strdup(env) : NULL;
+    snprintf(value, sizeof value, ":%s", zone);
+    setenv("TZ", value, 1);
+    tzset();
+}
+
+static void oracle_leave(struct oracle_zone *z)
+{
+    if (z->saved)
+        setenv("TZ", z->saved, 1);
+    else
+        unsetenv("TZ");
+    tzset();
+    free(z->saved);
+}
+
+/* The clock's reading at t, as seconds since the epoch read as UTC. */
+static long long oracle_wall(time_t t)
+{
+    struct tm tm;
+    localtime_r(&t, &tm);
+    return (long long)t + tm.tm_gmtoff;
+}
+
+/* Whether a listed (day, time) lies in the readings (lo, hi]. */
+static int oracle_crossed(const struct sb_schedule *s, long long lo, long long hi)
+{
+    long long day;
+    int i;
+    for (day = lo / 86400 - 1; day <= hi / 86400 + 1; day++) {
+        int wd = (int)((day + 3) % 7);
+        if (!(s->days & (1 << wd)))
+            continue;
+        for (i = 0; i < s->ntimes; i++) {
+            long long p = day * 86400 + s->minutes[i] * 60;
+            if (p > lo && p <= hi)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* Every firing instant in (from, to], in order; returns how many. */
+static int oracle_firings(const struct sb_schedule *s, const char *zone, time_t from, time_t to, double *out, int max)
+{
+    struct oracle_zone oz;
+    /* The highest reading so far starts from the 3 hours before `from`,
+     * longer than any change of offset in the zones tested. */
+    time_t t = from / 60 * 60 - 3 * 3600;
+    long long seen;
+    int n = 0;
+    oracle_enter(&oz, zone);
+    seen = oracle_wall(t);
+    for (t += 60; t <= to; t += 60) {
+        long long w = oracle_wall(t);
+        if (w <= seen)
+            continue;
+        if (t > from && oracle_crossed(s, seen, w) && n < max)
+            out[n++] = (double)t;
+        seen = w;
+    }
+    oracle_leave(&oz);
+    return n;
+}
+
+static double first_after(const double *firings, int n, double after)
+{
+    int i;
+    for (i = 0; i < n; i++)
+        if (firings[i] > after)
+            return firings[i];
+    return NAN;
+}
+
+static void check_against_walk(const struct sb_schedule *s, const char *spec, const char *zone, double after,
+                               const double *firings, int n, int *failures)
+{
+    double got = sb_schedule_next(s, after), want = first_after(firings, n, after);
+    if (!(got == want) && (*failures)++ < 5) {
+        char a[32], g[32], w[32];
+        iso(after, a, sizeof a);
+        iso(got, g, sizeof g);
+        iso(want, w, sizeof w);
+        fprintf(stderr, "  next(\"%s\" %s, after %s%s) = %s, clock walk says %s\n", spec, zone, a,
+                after != floor(after) ? " + fraction" : "", g, w);
+    }
+}
+
+static void test_next_matches_clock_walk(void)
+{
+    static const char *const zones[] = { "Europe/Berlin", "America/New_York", "Australia/Lord_Howe",
+                                         "Pacific/Chatham", "Asia/Kathmandu", "Europe/Moscow" };
+    static const char *const specs[] = { "00:00,01:15,01:30,01:45,02:00,02:15,02:30,02:45,03:00,03:30,03:45",
+                                         "sun 02:30", "sat,mon 01:59,23:45", "mon-fri 02:45" };
+    double firings[256];
+    size_t z, k;
+    int checked = 0, failures = 0;
+    for (z = 0; z < sizeof zones / sizeof *zones; z++) {
+        struct oracle_zone oz;
+        time_t changes[8], t;
+        long prev;
+        int nchanges = 0, c;
+        /* The zone's offset changes in 2026, found hour by hour; a plain
+         * day stands in for the zones that have none. */
+        oracle_enter(&oz, zones[z]);
+        t = (time_t)utc("2026-01-01T00:00:00Z");
+        prev = (long)(oracle_wall(t) - (long long)t);
+        for (; t < (time_t)utc("2027-01-01T00:00:00Z"); t += 3600) {
+            long off = (long)(oracle_wall(t) - (long long)t);
+            if (off != prev && nchanges < 8)
+                changes[nchanges++] = t;
+            prev = off;
+        }
+        oracle_leave(&oz);
+        if (nchanges == 0)
+            changes[nchanges++] = (time_t)utc("2026-06-15T00:00:00Z");
+        if (strcmp(zones[z], "Europe/Moscow") != 0 && strcmp(zones[z], "Asia/Kathmandu") != 0)
+            CHECK(nchanges == 2);
+
+        for (c = 0; c < nchanges; c++) {
+            /* `after` runs from a day and a half before the change to a
+             * day and a half after; the walk goes 9 days further. */
+            time_t from = changes[c] - 36 * 3600, to = changes[c] + 36 * 3600;
+            for (k = 0; k < sizeof specs / sizeof *specs; k++) {
+                struct sb_schedule s;
+                double after;
+                int n, i;
+                CHECK(sb_schedule_parse(specs[k], zones[z], &s, NULL, 0) == 0);
+                n = oracle_firings(&s, zones[z], from, to + 9 * 86400, firings, 256);
+                CHECK(n > 0 && n < 256);
+                /* On and off the minute, and at, just before and just after
+                 * each firing instant. */
+                for (after = (double)from; after < (double)to; after += 37 * 60 + 0.5) {
+                    check_against_walk(&s, specs[k], zones[z], after, firings, n, &failures);
+                    checked++;
+                }
+                for (i = 0; i < n && firings[i] < (double)to; i++) {
+                    check_against_walk(&s, specs[k], zones[z], firings[i], firings, n, &failures);
+                    check_against_walk(&s, specs[k], zones[z], firings[i] - 0.5, firings, n, &failures);
+                    check_against_walk(&s, specs[k], zones[z], firings[i] + 0.5, firings, n, &failures);
+                    checked += 3;
+                }
+            }
+        }
+    }
+    CHECK(failures == 0);
+    CHECK(checked > 2000);
+}
+
 /* Hours of the process's local time at the epoch, to see which zone it is
  * in. */
 static int local_hour_at_epoch(void)
@@ -470,6 +634,7 @@ const struct test_case schedule_tests[] = {
     { "schedule: next firing in Europe/Moscow", test_next_moscow },
     { "schedule: Europe/Berlin across both 2026 DST changes", test_next_berlin_dst },
     { "schedule: America/New_York across both 2026 DST changes", test_next_new_york_dst },
+    { "schedule: next firing agrees with a minute-by-minute walk of the zone's clock", test_next_matches_clock_walk },
     { "schedule: the process's TZ is the same afterwards", test_tz_restored },
     { NULL, NULL },
 };
