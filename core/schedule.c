@@ -365,16 +365,17 @@ static void zone_leave(struct saved_tz *sv)
     tzset();
 }
 
+/* Firing instants rise with the local reading they stand for (each is the
+ * first instant the clock reaches it), so the first listed time, in day
+ * and time order, that lands after `after` is the answer; no reading
+ * before the local date of `after` can land after it. */
 static double search(const struct sb_schedule *s, double after, int utc)
 {
     time_t t0 = (time_t)floor(after);
     long long day0 = floor_div((long long)wall_at(t0, utc), DAY_SECONDS);
-    double best = NAN;
-    int d, i, found_day = 0;
+    int d, i;
 
-    /* From the day before: where a zone moves its clock back by a whole
-     * day, the previous calendar date can still be ahead. */
-    for (d = -1; d <= 8; d++) {
+    for (d = 0; d <= 8; d++) {
         long long day = day0 + d;
         /* 1970-01-01 was a Thursday (index 3 from Monday). */
         int wd = (int)(((day + 3) % 7 + 7) % 7);
@@ -383,18 +384,11 @@ static double search(const struct sb_schedule *s, double after, int utc)
         for (i = 0; i < s->ntimes; i++) {
             time_t wall = (time_t)(day * DAY_SECONDS + s->minutes[i] * 60);
             double t = (double)resolve(wall, utc);
-            if (t > after && (isnan(best) || t < best)) {
-                if (isnan(best))
-                    found_day = d;
-                best = t;
-            }
+            if (t > after)
+                return t;
         }
-        /* Days run in order except across a change of a day or more, which
-         * the next day would show. */
-        if (!isnan(best) && d > found_day)
-            break;
     }
-    return best;
+    return NAN;
 }
 
 double sb_schedule_next(const struct sb_schedule *s, double after)
