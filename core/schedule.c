@@ -291,22 +291,22 @@ static time_t wall_at(time_t t, int utc)
  * one instant for an ordinary time, the first of two when the clock is set
  * back, the end of the gap when it jumps over `wall`. mktime's choice for
  * such times depends on tm_isdst and differs between libcs, so the instant
- * is found from offsets instead: a UTC offset is within -12h..+14h, so the
- * offsets one day before and after cover the zone's state on either side
- * of any change near `wall`. */
+ * is found from offsets instead: a UTC offset is less than a day, so the
+ * offsets one day before and one day after `wall` are the zone's offsets
+ * on either side of any change near it. */
 static time_t resolve(time_t wall, int utc)
 {
-    long before, after;
+    long off_before, off_after;
     time_t ta, tb, lo, hi;
     int va, vb;
     if (utc)
         return wall;
-    before = offset_at(wall - DAY_SECONDS, utc);
-    after = offset_at(wall + DAY_SECONDS, utc);
-    ta = wall - before;
-    tb = wall - after;
-    va = offset_at(ta, utc) == before;
-    vb = offset_at(tb, utc) == after;
+    off_before = offset_at(wall - DAY_SECONDS, utc);
+    off_after = offset_at(wall + DAY_SECONDS, utc);
+    ta = wall - off_before;
+    tb = wall - off_after;
+    va = offset_at(ta, utc) == off_before;
+    vb = offset_at(tb, utc) == off_after;
     if (va && vb)
         return ta < tb ? ta : tb;
     if (va)
