@@ -471,7 +471,7 @@ static int oracle_firings(const struct sb_schedule *s, const char *zone, time_t 
 {
     struct oracle_zone oz;
     /* The highest reading so far starts from the 3 hours before `from`,
-     * longer than any change of offset in the zones tested. */
+     * longer than any setting back of the clock in the zones tested. */
     time_t t = from / 60 * 60 - 3 * 3600;
     long long seen;
     int n = 0;
