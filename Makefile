@@ -12,7 +12,8 @@ THREADS  = -pthread
 
 # Debian packages the build, the tests and the benchmark need.
 DEB_PACKAGES = gcc make pkg-config liblua5.4-dev lua-cjson-dev libevent-dev \
-               libcurl4-openssl-dev libsqlite3-dev lua5.4 python3 python3-pytest python3-pytest-xdist
+               libcurl4-openssl-dev libsqlite3-dev lua5.4 python3 python3-pytest python3-pytest-xdist \
+               tzdata
 
 CC      ?= cc
 WARN     = -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wcast-align -Wstrict-prototypes \

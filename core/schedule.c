@@ -98,12 +98,12 @@ static int parse_days(const char *p, size_t len, unsigned char *mask, char *err,
                 return fail(err, err_size, "unknown day \"%.*s\" in range \"%.*s\" (expected mon, tue, wed, thu, fri, sat or sun)",
                             quote_len(bn), dash + 1, quote_len(n), item);
             /* "mon-mon" could mean one day or, wrapping, the whole week. */
-            if (a == b && 0)
+            if (a == b)
                 return fail(err, err_size, "day range \"%.*s\" starts and ends on the same day (write just \"%s\")",
                             quote_len(n), item, day_names[a]);
             for (;;) {
                 *mask |= (unsigned char)(1u << a);
-                if (a == b && 0)
+                if (a == b)
                     break;
                 a = (a + 1) % 7;
             }
@@ -193,7 +193,9 @@ static int check_zone(const char *tz, char *err, size_t err_size)
         dir = "/usr/share/zoneinfo";
     if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, tz) >= sizeof path)
         return fail(err, err_size, "unknown time zone \"%s\" (zone directory path too long)", tz);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* Non-blocking so that a FIFO in the zone directory cannot stall a
+     * reload; anything but a regular file is refused below. */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return fail(err, err_size, "unknown time zone \"%s\" (no zone file under %s)", tz, dir);
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -289,22 +291,22 @@ static time_t wall_at(time_t t, int utc)
  * one instant for an ordinary time, the first of two when the clock is set
  * back, the end of the gap when it jumps over `wall`. mktime's choice for
  * such times depends on tm_isdst and differs between libcs, so the instant
- * is found from offsets instead: a UTC offset is within -12h..+14h, so the
- * offsets one day before and after cover the zone's state on either side
- * of any change near `wall`. */
+ * is found from offsets instead: a UTC offset is less than a day, so the
+ * offsets one day before and one day after `wall` are the zone's offsets
+ * on either side of any change near it. */
 static time_t resolve(time_t wall, int utc)
 {
-    long before, after;
+    long off_before, off_after;
     time_t ta, tb, lo, hi;
     int va, vb;
     if (utc)
         return wall;
-    before = offset_at(wall - DAY_SECONDS, utc);
-    after = offset_at(wall + DAY_SECONDS, utc);
-    ta = wall - before;
-    tb = wall - after;
-    va = offset_at(ta, utc) == before;
-    vb = offset_at(tb, utc) == after;
+    off_before = offset_at(wall - DAY_SECONDS, utc);
+    off_after = offset_at(wall + DAY_SECONDS, utc);
+    ta = wall - off_before;
+    tb = wall - off_after;
+    va = offset_at(ta, utc) == off_before;
+    vb = offset_at(tb, utc) == off_after;
     if (va && vb)
         return ta < tb ? ta : tb;
     if (va)
@@ -363,16 +365,17 @@ static void zone_leave(struct saved_tz *sv)
     tzset();
 }
 
+/* Firing instants rise with the local reading they stand for (each is the
+ * first instant the clock reaches it), so the first listed time, in day
+ * and time order, that lands after `after` is the answer; no reading
+ * before the local date of `after` can land after it. */
 static double search(const struct sb_schedule *s, double after, int utc)
 {
     time_t t0 = (time_t)floor(after);
     long long day0 = floor_div((long long)wall_at(t0, utc), DAY_SECONDS);
-    double best = NAN;
-    int d, i, found_day = 0;
+    int d, i;
 
-    /* From the day before: where a zone moves its clock back by a whole
-     * day, the previous calendar date can still be ahead. */
-    for (d = -1; d <= 8; d++) {
+    for (d = 0; d <= 8; d++) {
         long long day = day0 + d;
         /* 1970-01-01 was a Thursday (index 3 from Monday). */
         int wd = (int)(((day + 3) % 7 + 7) % 7);
@@ -381,18 +384,11 @@ static double search(const struct sb_schedule *s, double after, int utc)
         for (i = 0; i < s->ntimes; i++) {
             time_t wall = (time_t)(day * DAY_SECONDS + s->minutes[i] * 60);
             double t = (double)resolve(wall, utc);
-            if (t > after && (isnan(best) || t < best)) {
-                if (isnan(best))
-                    found_day = d;
-                best = t;
-            }
+            if (t > after)
+                return t;
         }
-        /* Days run in order except across a change of a day or more, which
-         * the next day would show. */
-        if (!isnan(best) && d > found_day)
-            break;
     }
-    return best;
+    return NAN;
 }
 
 double sb_schedule_next(const struct sb_schedule *s, double after)

@@ -31,8 +31,9 @@
  * spring-forward gap), it fires at the first instant after the gap on that
  * day (02:30 in Europe/Berlin on 2026-03-29 fires at 03:00 CEST); where it
  * repeats a local time (fall-back), it fires once, at the first occurrence.
- * In both cases this is the first instant at which the zone's clock reads
- * that time or later, on that day. */
+ * In every case this is the first instant at which the zone's clock reads
+ * that day and time or later; so the times of a day a zone skips whole
+ * (Pacific/Apia, 2011-12-30) fire once, when its clock jumps. */
 #ifndef SB_SCHEDULE_H
 #define SB_SCHEDULE_H
 
