@@ -41,7 +41,7 @@ ifneq ($(BUILD),build)
 BIN      = $(BUILD)/switchboard
 endif
 
-.PHONY: all deps run test unit lua-test e2e sanitize bench install clean
+.PHONY: all deps run test unit lua-test layers e2e sanitize bench install clean
 
 all: $(BIN)
 
@@ -94,6 +94,10 @@ run: deps
 unit: $(BUILD)/unit_tests
 	$(BUILD)/unit_tests
 
+# The core's layers from its #include lines: no circles, a model without Lua.
+layers:
+	$(PYTHON) tests/layers/check.py
+
 # Lua specs of the pure script modules (tests/lua), on Debian's lua5.4.
 lua-test:
 	lua5.4 tests/lua/run.lua
@@ -103,6 +107,7 @@ e2e: $(BIN)
 
 test: deps
 	$(MAKE) all
+	$(MAKE) layers
 	$(MAKE) unit
 	$(MAKE) lua-test
 	$(MAKE) e2e
