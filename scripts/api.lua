@@ -94,8 +94,9 @@ function api.retry_dead(req)
   if not id or id ~= math.floor(id) then http_error(404, "not_found", "no such dead letter") end
   local requeued, why = outbox.requeue(math.tointeger(id))
   if not requeued then
-    if why == "already sent again" then http_error(409, "already_requeued", "this dead letter was sent again already") end
-    http_error(404, "not_found", "no such dead letter")
+    if why == "not found" then http_error(404, "not_found", "no such dead letter") end
+    -- sent again meanwhile (by another request), or never dead
+    http_error(409, "not_dead", "this entry is not a dead letter (any more)")
   end
   return 202, { id = requeued, state = "pending" }
 end
