@@ -26,7 +26,7 @@ LDFLAGS_ALL = $(SAN) $(THREADS) $(LDFLAGS)
 
 CORE_SRCS = core/util.c core/log.c core/metrics.c core/config.c core/runtime.c core/job.c \
             core/bind_core.c core/bind_http.c core/httpclient.c core/timer.c core/kvstate.c \
-            core/server.c core/store_sqlite.c core/conv.c core/bind_conv.c core/outbox.c core/bind_outbox.c
+            core/server.c core/conn.c core/store_sqlite.c core/conv.c core/bind_conv.c core/outbox.c core/bind_outbox.c
 MAIN_SRC  = core/main.c
 CORE_OBJS = $(CORE_SRCS:core/%.c=$(BUILD)/%.o)
 MAIN_OBJ  = $(BUILD)/main.o

@@ -15,6 +15,7 @@
 #include <event2/listener.h>
 
 #include "config.h"
+#include "conn.h"
 #include "conv.h"
 #include "httpclient.h"
 #include "job.h"
@@ -310,6 +311,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    sb_conn_route_libevent_logs();
     if (check)
         return run_check();
 

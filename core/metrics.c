@@ -6,6 +6,7 @@
 
 #include <event2/buffer.h>
 
+#include "conn.h"
 #include "conv.h"
 #include "job.h"
 #include "outbox.h"
@@ -80,6 +81,12 @@ void sb_metrics_render(struct evbuffer *out)
         evbuffer_add_printf(out, "\",status=\"%d\"} %llu\n", http_counts[i].status, http_counts[i].n);
     }
     evbuffer_add_printf(out,
+        "# HELP switchboard_http_connections Client connections open (capped by http.max_connections).\n"
+        "# TYPE switchboard_http_connections gauge\n"
+        "switchboard_http_connections %zu\n"
+        "# HELP switchboard_http_connections_shed_total Connections closed to stay under the cap.\n"
+        "# TYPE switchboard_http_connections_shed_total counter\n"
+        "switchboard_http_connections_shed_total %llu\n"
         "# HELP switchboard_jobs_in_flight Jobs (requests, timers) running or waiting.\n"
         "# TYPE switchboard_jobs_in_flight gauge\n"
         "switchboard_jobs_in_flight %zu\n"
@@ -104,7 +111,7 @@ void sb_metrics_render(struct evbuffer *out)
         "# HELP switchboard_timers_pending Timers waiting to fire.\n"
         "# TYPE switchboard_timers_pending gauge\n"
         "switchboard_timers_pending %zu\n",
-        sb_jobs_in_flight(), sb_counters.lua_errors,
+        sb_conn_open(), sb_conn_shed_total(), sb_jobs_in_flight(), sb_counters.lua_errors,
         sb_counters.kills_cpu, sb_counters.kills_memory, sb_counters.kills_deadline,
         sb_counters.reloads_ok, sb_counters.reloads_failed,
         sb_runtime_current() ? sb_runtime_current()->generation : 0u,
