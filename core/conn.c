@@ -39,17 +39,18 @@ struct sb_conn {
     struct evhttp_connection *evcon;   /* known once attached */
     int fd;
     int busy;                          /* requests handed to us, reply not yet written */
-    int doomed;                        /* accepted at the cap with nobody to shed: close it */
     struct evbuffer_cb_entry *scan_cb;
     struct sb_head_scan scan;
 };
 
 /* pending: accepted, evhttp not yet done setting the connection up.
+ * doomed: pending, and to be closed as soon as that is done.
  * fresh: no request dispatched yet (half-open, or still sending one), oldest first.
  * idle: keep-alive connections between requests, longest idle first.
- * Shedding takes from fresh before idle: a client that has completed a
- * request is worth more than one that has not said anything. */
+ * Shedding takes from fresh (then pending) before idle: a client that has
+ * completed a request is worth more than one that has not said anything. */
 static struct conn_list pending = TAILQ_HEAD_INITIALIZER(pending);
+static struct conn_list doomed = TAILQ_HEAD_INITIALIZER(doomed);
 static struct conn_list fresh = TAILQ_HEAD_INITIALIZER(fresh);
 static struct conn_list idle = TAILQ_HEAD_INITIALIZER(idle);
 
@@ -58,7 +59,7 @@ static struct conn_list idle = TAILQ_HEAD_INITIALIZER(idle);
 static struct sb_conn **by_fd;
 static size_t by_fd_len;
 
-static size_t n_open;
+static size_t n_open, n_doomed;
 static unsigned long long shed_total, shed_logged;
 static long cap = 4096;
 static size_t max_header = 16384;
@@ -313,12 +314,14 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
 static void attach_pending(void)
 {
     struct sb_conn *c;
-    while ((c = TAILQ_FIRST(&pending)) != NULL) {
+    while ((c = TAILQ_FIRST(&pending)) != NULL || (c = TAILQ_FIRST(&doomed)) != NULL) {
         bufferevent_data_cb readcb = NULL;
         void *evcon = NULL;
         struct bufferevent *bev = c->bev;
-        int fd;
+        int fd, doom = c->in == &doomed;
         unlist(c);
+        if (doom)
+            n_doomed--;
         bufferevent_getcb(bev, &readcb, NULL, NULL, &evcon);
         fd = (int)bufferevent_getfd(bev);
         if (!readcb || !evcon || fd < 0) {
@@ -335,9 +338,16 @@ static void attach_pending(void)
         c->scan_cb = evbuffer_add_cb(bufferevent_get_input(bev), on_input, c);
         enlist(c, &fresh);
         bufferevent_decref(bev);
-        if (c->doomed)
+        if (doom)
             shed(c);
     }
+}
+
+/* evhttp is still setting c up: it is closed once that is done. */
+static void doom(struct sb_conn *c)
+{
+    enlist(c, &doomed);
+    n_doomed++;
 }
 
 static void on_attach(evutil_socket_t fd, short what, void *arg)
@@ -350,20 +360,22 @@ static void on_attach(evutil_socket_t fd, short what, void *arg)
 
 void sb_conn_accepted(struct bufferevent *bev)
 {
-    struct sb_conn *c = sb_xcalloc(1, sizeof *c);
+    struct sb_conn *c = sb_xcalloc(1, sizeof *c), *victim;
     c->bev = bev;
     c->fd = -1;
     bufferevent_incref(bev);
     enlist(c, &pending);
     n_open++;
-    if ((long)n_open > cap) {
-        struct sb_conn *victim = TAILQ_FIRST(&fresh);
-        if (!victim)
-            victim = TAILQ_FIRST(&idle);
-        if (victim)
+    if ((long)(n_open - n_doomed) > cap) {
+        struct sb_conn *older = TAILQ_FIRST(&pending);
+        if ((victim = TAILQ_FIRST(&fresh)) != NULL)
+            shed(victim);
+        else if (older != c)
+            doom(older);
+        else if ((victim = TAILQ_FIRST(&idle)) != NULL)
             shed(victim);
         else
-            c->doomed = 1;
+            doom(c);
     }
     if (!attach_ev)
         attach_ev = event_new(sb_base, -1, 0, on_attach, NULL);
@@ -377,7 +389,7 @@ static struct sb_conn *conn_of(struct evhttp_request *req)
     struct sb_conn *c;
     if (!evcon)
         return NULL;
-    if (!TAILQ_EMPTY(&pending))
+    if (!TAILQ_EMPTY(&pending) || !TAILQ_EMPTY(&doomed))
         attach_pending();
     bev = evhttp_connection_get_bufferevent(evcon);
     c = bev ? slot_get((int)bufferevent_getfd(bev)) : NULL;
@@ -474,12 +486,13 @@ void sb_conn_free(void)
 {
     struct sb_conn *c;
     size_t i;
-    while ((c = TAILQ_FIRST(&pending)) != NULL) {
+    while ((c = TAILQ_FIRST(&pending)) != NULL || (c = TAILQ_FIRST(&doomed)) != NULL) {
         struct bufferevent *bev = c->bev;
         unlist(c);
         free(c);
         bufferevent_decref(bev);
     }
+    n_doomed = 0;
     /* evhttp_free closed every connection it had; anything left is ours */
     for (i = 0; i < by_fd_len; i++) {
         if (by_fd[i]) {

@@ -175,7 +175,10 @@ static void rewrite_error_page(struct evbuffer *buf, const struct evbuffer_cb_in
 
 static struct bufferevent *make_connection_bev(struct event_base *base, void *arg)
 {
-    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    /* no BEV_OPT_CLOSE_ON_FREE: evhttp then closes the socket as it frees
+     * the connection, not later from the loop, so shedding at the cap
+     * gives the file back at once */
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
     (void)arg;
     if (bev) {
         evbuffer_add_cb(bufferevent_get_output(bev), rewrite_error_page, bev);
