@@ -29,7 +29,7 @@ CORE_SRCS = core/util.c core/log.c core/metrics.c core/config.c core/store_sqlit
             core/conv.c core/kvstate.c core/timer.c core/outbox.c core/httpclient.c core/lpattern.c \
             core/runtime.c core/job.c core/luajson.c core/bind_core.c core/bind_http.c core/bind_conv.c \
             core/bind_read.c core/bind_outbox.c core/bind_timer.c core/bind_state.c core/bind_route.c \
-            core/bindings.c core/loader.c core/server.c
+            core/bindings.c core/loader.c core/server.c core/conn.c
 MAIN_SRC  = core/main.c
 CORE_OBJS = $(CORE_SRCS:core/%.c=$(BUILD)/%.o)
 MAIN_OBJ  = $(BUILD)/main.o

@@ -262,6 +262,9 @@ static int parse_table(lua_State *L, struct sb_config *cfg, const struct sb_over
     if (get_number(L, sub, "idle_timeout", 60, 1, 86400, &d, err, file, "http."))
         goto done;
     cfg->idle_timeout = (int)d;
+    if (get_number(L, sub, "max_connections", 4096, 1, 1000000, &d, err, file, "http."))
+        goto done;
+    cfg->http_max_connections = (int)d;
     lua_pop(L, 1);
 
     if (want_table(L, root, "http_client", err, file))

@@ -26,6 +26,7 @@ struct sb_config {
     long max_body_bytes;
     long max_header_bytes;
     int idle_timeout;               /* seconds */
+    int http_max_connections;       /* as configured; conn.c clamps it to the open files limit */
     size_t lua_memory_limit;        /* bytes per runtime */
     double cpu_ms_per_resume;
     double cpu_ms_per_job;

@@ -18,6 +18,7 @@
 #include "bind_route.h"
 #include "bindings.h"
 #include "config.h"
+#include "conn.h"
 #include "conv.h"
 #include "httpclient.h"
 #include "job.h"
@@ -359,6 +360,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    sb_conn_route_libevent_logs();
     if (check)
         return run_check();
 

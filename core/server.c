@@ -12,6 +12,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "conn.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
@@ -132,7 +133,6 @@ static void rewrite_error_page(struct evbuffer *buf, const struct evbuffer_cb_in
     ev_ssize_t head_start = -1;
     int status;
     const char *code, *message;
-    (void)arg;
 
     if (own_output || rewriting || info->n_added < sizeof probe)
         return;
@@ -159,10 +159,25 @@ static void rewrite_error_page(struct evbuffer *buf, const struct evbuffer_cb_in
         return;
     line[8] = '\0';  /* "HTTP/1.x" */
 
+    /* evhttp answers 400 for a head over the limit as for a malformed one */
+    if (status == 400 && sb_conn_oversize_status(arg))
+        status = sb_conn_oversize_status(arg);
     switch (status) {
     case 413:
         code = "payload_too_large";
-        message = "request body or headers exceed the configured limit";
+        message = "request body exceeds http.max_body_bytes";
+        break;
+    case 414:
+        code = "uri_too_long";
+        message = "request line exceeds http.max_header_bytes";
+        break;
+    case 431:
+        code = "headers_too_large";
+        message = "request headers exceed http.max_header_bytes";
+        break;
+    case 417:
+        code = "expectation_failed";
+        message = "only Expect: 100-continue is supported";
         break;
     case 405:
         code = "method_not_allowed";
@@ -200,10 +215,15 @@ static void rewrite_error_page(struct evbuffer *buf, const struct evbuffer_cb_in
 
 static struct bufferevent *make_connection_bev(struct event_base *base, void *arg)
 {
-    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    /* no BEV_OPT_CLOSE_ON_FREE: evhttp then closes the socket as it frees
+     * the connection, not later from the loop, so shedding at the cap
+     * gives the file back at once */
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
     (void)arg;
-    if (bev)
-        evbuffer_add_cb(bufferevent_get_output(bev), rewrite_error_page, NULL);
+    if (bev) {
+        evbuffer_add_cb(bufferevent_get_output(bev), rewrite_error_page, bev);
+        sb_conn_accepted(bev);
+    }
     return bev;
 }
 
@@ -333,8 +353,8 @@ static const char *method_name(enum evhttp_cmd_type t)
 
 static void request_completed(struct evhttp_request *req, void *arg)
 {
-    (void)req;
     (void)arg;
+    sb_conn_request_end(req);
     if (requests_open > 0)
         requests_open--;
 }
@@ -375,12 +395,21 @@ static void on_request(struct evhttp_request *req, void *arg)
     struct sb_route_match m;
     char allow[128];
     int path_known;
+    const char *bad_framing;
+    size_t i;
     (void)arg;
 
     requests_open++;
     evhttp_request_set_on_complete_cb(req, request_completed, NULL);
+    sb_conn_request_begin(req);
     if (!path || !*path)
         path = "/";
+    if ((bad_framing = sb_http_framing_error(evhttp_request_get_input_headers(req))) != NULL) {
+        /* where this request ends is in doubt: the connection cannot go on */
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        send_error(req, 400, "rejected", "bad_request", bad_framing);
+        return;
+    }
     if (shutting_down) {
         send_error(req, 503, "unmatched", "shutting_down", "the server is stopping");
         return;
@@ -396,6 +425,12 @@ static void on_request(struct evhttp_request *req, void *arg)
         }
         return;
     }
+    for (i = 0; i < m.nparams; i++) {
+        if (m.value_lens[i] > SB_ROUTE_PARAM_MAX) {
+            send_error(req, 414, m.route->pattern, "uri_too_long", "a path parameter is longer than 1023 bytes");
+            return;
+        }
+    }
     dispatch(rt, &m, req, method, path);
 }
 
@@ -404,6 +439,7 @@ void sb_server_configure(const struct sb_config *cfg)
     evhttp_set_max_body_size(http, cfg->max_body_bytes);
     evhttp_set_max_headers_size(http, cfg->max_header_bytes);
     evhttp_set_timeout(http, cfg->idle_timeout);
+    sb_conn_configure(cfg);
 }
 
 int sb_server_start(const struct sb_config *cfg, sb_reload_fn reload, sb_dispatch_fn dispatch_fn)
@@ -423,12 +459,14 @@ int sb_server_start(const struct sb_config *cfg, sb_reload_fn reload, sb_dispatc
     listener = evhttp_bind_socket_with_handle(http, cfg->listen_host, (ev_uint16_t)cfg->listen_port);
     if (!listener)
         return -1;
+    sb_conn_listen(evhttp_bound_socket_get_listener(listener));
     return 0;
 }
 
 void sb_server_stop_accepting(void)
 {
     shutting_down = 1;
+    sb_conn_stop_accepting();
     if (listener) {
         evhttp_del_accept_socket(http, listener);
         listener = NULL;
@@ -446,4 +484,5 @@ void sb_server_free(void)
     free(http_counts);
     http_counts = NULL;
     http_count_len = http_count_cap = 0;
+    sb_conn_free();
 }

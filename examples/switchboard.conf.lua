@@ -27,6 +27,7 @@ return {
     max_body_bytes = 1048576,    -- larger bodies get 413
     max_header_bytes = 16384,
     idle_timeout = 60,           -- seconds a connection may sit idle or trickle
+    max_connections = 4096,      -- client connections; lowered to fit the open files limit
   },
 
   http_client = {

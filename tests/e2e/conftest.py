@@ -252,7 +252,8 @@ class Daemon:
 
     # ---- process ---------------------------------------------------------
 
-    def start(self, args=None, env=None, wait=True, listen=True):
+    def start(self, args=None, env=None, wait=True, listen=True, preexec_fn=None):
+        """``preexec_fn`` runs in the child before exec (e.g. to set rlimits)."""
         assert self.proc is None, "daemon already started"
         if not self.binary.exists():
             pytest.fail(f"switchboard binary not found at {self.binary} (run `make` first)")
@@ -273,6 +274,7 @@ class Daemon:
             stdout=self._stdout_file,
             stderr=self._stderr_file,
             start_new_session=True,
+            preexec_fn=preexec_fn,
         )
         if wait:
             self.wait_healthy()
