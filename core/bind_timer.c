@@ -91,10 +91,23 @@ static int timer_cancel_binding(lua_State *L)
     return 1;
 }
 
+/* timer.next(id) -> the wall-clock time it fires next, or nil */
+static int timer_next_binding(lua_State *L)
+{
+    lua_Integer id = luaL_checkinteger(L, 1);
+    double due = id > 0 ? sb_timer_next_due((uint64_t)id) : -1;
+    if (due < 0)
+        lua_pushnil(L);
+    else
+        lua_pushnumber(L, due);
+    return 1;
+}
+
 void sb_bind_timer_open(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
-        { "after", timer_after }, { "every", timer_every }, { "cancel", timer_cancel_binding }, { NULL, NULL }
+        { "after", timer_after }, { "every", timer_every }, { "cancel", timer_cancel_binding },
+        { "next", timer_next_binding }, { NULL, NULL }
     };
     luaL_newlib(L, funcs);
     lua_setglobal(L, "timer");

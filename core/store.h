@@ -92,6 +92,7 @@ struct store_op *store_put_timer(const struct store_timer *t);
 struct store_op *store_delete_timer(int64_t id);
 /* The next firing of a script's load-time schedule, by its key. */
 struct store_op *store_put_schedule(const char *key, double next_due);
+struct store_op *store_delete_schedule(const char *key);
 /* Retention: each deletes at most `limit` rows older than `before`
  * (finished outbox entries by their end, keys by their creation, closed
  * conversations with their messages, events and keys by their last change). */

@@ -96,6 +96,7 @@ enum op_type {
     OP_PUT_TIMER,
     OP_DELETE_TIMER,
     OP_PUT_SCHEDULE,
+    OP_DELETE_SCHEDULE,
     OP_PRUNE_OUTBOX,
     OP_PRUNE_KEYS,
     OP_PRUNE_CONVERSATIONS,
@@ -132,6 +133,7 @@ static const char *const write_sql[OP_COUNT][MAX_STATEMENTS] = {
                        " VALUES(?1,?2,?3,?4,?5,?6,?7)" },
     [OP_DELETE_TIMER] = { "DELETE FROM timers WHERE id=?1" },
     [OP_PUT_SCHEDULE] = { "INSERT OR REPLACE INTO schedules(key, next_due) VALUES(?1,?2)" },
+    [OP_DELETE_SCHEDULE] = { "DELETE FROM schedules WHERE key=?1" },
     [OP_PRUNE_OUTBOX] = {
         "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state=?1 AND finished < ?2 ORDER BY id LIMIT ?3)" },
     [OP_PRUNE_KEYS] = {
@@ -551,6 +553,13 @@ struct store_op *store_put_schedule(const char *key, double next_due)
     struct store_op *op = op_new(OP_PUT_SCHEDULE);
     put_str(op, key);
     put_real(op, next_due);
+    return op;
+}
+
+struct store_op *store_delete_schedule(const char *key)
+{
+    struct store_op *op = op_new(OP_DELETE_SCHEDULE);
+    put_str(op, key);
     return op;
 }
 

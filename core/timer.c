@@ -368,6 +368,12 @@ uint64_t sb_timer_create(struct sb_txn *txn, unsigned load_gen, const struct sb_
     return t->id;
 }
 
+double sb_timer_next_due(uint64_t id)
+{
+    const struct sb_timer *t = find(id);
+    return t ? t->due : -1;
+}
+
 int sb_timer_cancel(struct sb_txn *txn, uint64_t id)
 {
     struct sb_timer *t = find(id);
@@ -434,6 +440,29 @@ static struct sb_timer *same_schedule(const struct sb_timer *t, unsigned gen)
     return NULL;
 }
 
+static void phase_free(void *p);
+
+static int key_in_use;
+static struct sb_timer *key_probe_list;
+
+/* After the first load of a process: stored phases no script asks for any
+ * more are deleted, and the map is not needed again (later loads inherit
+ * from the generation before them). */
+static void drop_unused_phase(const void *node, VISIT which, void *closure)
+{
+    const struct schedule_phase *p = *(const struct schedule_phase *const *)node;
+    const struct sb_timer *t;
+    (void)closure;
+    if (which != postorder && which != leaf)
+        return;
+    key_in_use = 0;
+    for (t = key_probe_list; t; t = t->next)
+        if (t->schedule_key && !strcmp(t->schedule_key, p->key))
+            key_in_use = 1;
+    if (!key_in_use)
+        store_submit_system(store_delete_schedule(p->key));
+}
+
 void sb_timers_commit_load(unsigned gen)
 {
     struct sb_timer *t, *next;
@@ -446,11 +475,15 @@ void sb_timers_commit_load(unsigned gen)
             struct schedule_phase probe, **stored;
             probe.key = t->schedule_key;
             stored = tfind(&probe, &phases, by_key);
-            if (old)
+            if (old) {
                 t->due = old->due;
-            else if (stored)
+            } else if (stored) {
                 /* missed while stopped: fire once now, then keep the schedule */
                 t->due = (*stored)->next_due > now ? (*stored)->next_due : now;
+            } else {
+                /* a new schedule: its phase is kept from its first arming */
+                store_submit_system(store_put_schedule(t->schedule_key, t->due));
+            }
         }
         arm(t);
     }
@@ -458,11 +491,15 @@ void sb_timers_commit_load(unsigned gen)
         next = t->next;
         if (t->load_gen && t->load_gen != gen) {
             unlink_timer(t);
-            if (!t->running)
-                timer_free(t);
-            else
-                t->load_gen = (unsigned)-1;   /* freed when its run reports */
+            timer_free(t);   /* a run in progress only knows its id */
         }
+    }
+    if (phases) {
+        key_probe_list = timers;
+        twalk_r(phases, drop_unused_phase, NULL);
+        key_probe_list = NULL;
+        tdestroy(phases, phase_free);
+        phases = NULL;
     }
 }
 

@@ -35,6 +35,8 @@ struct sb_timer_new {
 /* By a job (t) or, with t NULL, by the load of generation load_gen.
  * Returns the id. */
 uint64_t sb_timer_create(struct sb_txn *t, unsigned load_gen, const struct sb_timer_new *n);
+/* When the timer fires next (wall clock), or -1 when there is no such timer. */
+double sb_timer_next_due(uint64_t id);
 /* Cancels as part of t; returns 1 if the timer exists. */
 int sb_timer_cancel(struct sb_txn *t, uint64_t id);
 
