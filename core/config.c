@@ -153,6 +153,13 @@ static int parse_table(lua_State *L, struct sb_config *cfg, const struct sb_over
         goto done;
     lua_pop(L, 1);
 
+    if (want_table(L, root, "maintenance", err, file))
+        goto done;
+    sub = lua_gettop(L);
+    if (get_number(L, sub, "interval", 30, 0.1, 3600, &cfg->maintenance_interval, err, file, "maintenance."))
+        goto done;
+    lua_pop(L, 1);
+
     if (want_table(L, root, "retention", err, file))
         goto done;
     sub = lua_gettop(L);

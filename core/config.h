@@ -45,6 +45,7 @@ struct sb_config {
     double keep_closed;             /* retention of closed conversations; 0: forever */
     double keep_delivered;          /* retention of delivered outbox entries; 0: none */
     double keep_dead;               /* retention of dead letters */
+    double maintenance_interval;    /* seconds between sweeps (expiry, unloading, retention) */
     long max_text_bytes;
     int outbox_max_attempts;
     double outbox_max_age, outbox_backoff_base, outbox_backoff_max, outbox_timeout;

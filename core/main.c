@@ -204,10 +204,19 @@ static void on_sigterm(evutil_socket_t fd, short what, void *arg)
     drain_check(-1, 0, NULL);
 }
 
+static void arm_sweep(const struct sb_config *cfg)
+{
+    struct timeval tv;
+    tv.tv_sec = (time_t)cfg->maintenance_interval;
+    tv.tv_usec = (suseconds_t)((cfg->maintenance_interval - (double)tv.tv_sec) * 1e6);
+    evtimer_add(sweep_ev, &tv);
+}
+
 /* Expired state, idle conversations out of memory, retention in the store. */
 static void on_sweep(evutil_socket_t fd, short what, void *arg)
 {
     const struct sb_config *cfg = sb_runtime_current()->cfg;
+    arm_sweep(cfg);
     double now = sb_now_wall();
     (void)fd;
     (void)what;
@@ -337,7 +346,6 @@ int main(int argc, char **argv)
     struct sb_config *cfg;
     struct sb_runtime *rt;
     struct event *ev_hup = NULL, *ev_term = NULL, *ev_int = NULL;
-    struct timeval sweep_tv = { 30, 0 };
     int c, check = 0, rc = 1;
 
     opterr = 0;
@@ -421,8 +429,8 @@ int main(int argc, char **argv)
     evsignal_add(ev_hup, NULL);
     evsignal_add(ev_term, NULL);
     evsignal_add(ev_int, NULL);
-    sweep_ev = event_new(sb_base, -1, EV_PERSIST, on_sweep, NULL);
-    evtimer_add(sweep_ev, &sweep_tv);
+    sweep_ev = event_new(sb_base, -1, 0, on_sweep, NULL);
+    arm_sweep(rt->cfg);
 
     event_base_dispatch(sb_base);
     sb_log(SB_LOG_INFO, "stopped", NULL);
