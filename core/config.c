@@ -167,7 +167,7 @@ static int parse_table(lua_State *L, struct sb_config *cfg, const struct sb_over
                    "retention.") ||
         get_number(L, sub, "delivered_outbox", 0, 0, 86400.0 * 3650, &cfg->keep_delivered, err, file,
                    "retention.") ||
-        get_number(L, sub, "dead_letters", 30 * 86400.0, 60, 86400.0 * 3650, &cfg->keep_dead, err, file,
+        get_number(L, sub, "dead_letters", 30 * 86400.0, 1, 86400.0 * 3650, &cfg->keep_dead, err, file,
                    "retention."))
         goto done;
     lua_pop(L, 1);

@@ -1163,7 +1163,7 @@ void sb_conv_want_messages(struct sb_conv *c, int n, sb_conv_messages_fn fn, voi
 /* Sweeping */
 
 static struct sb_conv **sweep_list;
-static size_t sweep_len, sweep_cap;
+static size_t sweep_len, sweep_cap, sweep_held;
 static double sweep_mono, sweep_wall;
 
 static struct seen_key **old_keys;
@@ -1198,11 +1198,15 @@ static void collect_idle(const void *node, VISIT which, void *closure)
             seen_free(old_keys[i]);
         }
     }
-    if (c->refs || c->owner || c->dirty || c->write_seq > store_committed_seq())
+    if (c->owner || c->waiters || c->dirty || c->write_seq > store_committed_seq())
         return;
     idle = sweep_mono - c->last_used;
     if (c->state == SB_CONV_CLOSED ? idle < 1.0 : idle < settings.idle_unload)
         return;
+    if (c->refs) {
+        sweep_held++;   /* only script handles keep it: garbage, often */
+        return;
+    }
     if (sweep_len == sweep_cap) {
         sweep_cap = sweep_cap ? sweep_cap * 2 : 64;
         sweep_list = sb_xrealloc(sweep_list, sweep_cap * sizeof *sweep_list);
@@ -1210,12 +1214,12 @@ static void collect_idle(const void *node, VISIT which, void *closure)
     sweep_list[sweep_len++] = c;
 }
 
-void sb_conv_sweep(void)
+size_t sb_conv_sweep(void)
 {
     size_t i;
     sweep_mono = sb_now_mono();
     sweep_wall = sb_now_wall();
-    sweep_len = 0;
+    sweep_len = sweep_held = 0;
     twalk_r(by_id, collect_idle, NULL);
     for (i = 0; i < sweep_len; i++)
         unindex_conv(sweep_list[i]);
@@ -1225,6 +1229,7 @@ void sb_conv_sweep(void)
     free(old_keys);
     old_keys = NULL;
     old_keys_cap = nold_keys = 0;
+    return sweep_held;
 }
 
 static void render_metrics(struct evbuffer *out)

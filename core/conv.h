@@ -147,8 +147,10 @@ const struct sb_msg *sb_conv_recent_by_id(const struct sb_conv *c, const char *i
 typedef void (*sb_conv_messages_fn)(void *arg, const char *error);
 void sb_conv_want_messages(struct sb_conv *c, int n, sb_conv_messages_fn fn, void *arg);
 
-/* Drops idle conversations from memory and expired keys (periodic). */
-void sb_conv_sweep(void);
+/* Drops idle conversations from memory and expired keys (periodic).
+ * Returns how many could have gone but for script handles still alive
+ * (a garbage collection of the runtimes lets them go). */
+size_t sb_conv_sweep(void);
 
 /* Random lower-case hex id of SB_ID_LEN characters, time-ordered. */
 void sb_new_id(char out[SB_ID_LEN + 1]);

@@ -222,7 +222,11 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
     (void)what;
     (void)arg;
     sb_kv_sweep();
-    sb_conv_sweep();
+    if (sb_conv_sweep() > 0) {
+        /* idle conversations held only by script handles no one can reach */
+        sb_runtime_collect();
+        sb_conv_sweep();
+    }
     sb_outbox_sweep();
     store_submit_system(store_prune_keys(now - cfg->dedupe_window, 5000));
     if (cfg->keep_closed > 0)

@@ -459,6 +459,12 @@ struct sb_runtime *sb_runtime_create(struct sb_config *cfg, unsigned generation,
     return rt;
 }
 
+void sb_runtime_collect(void)
+{
+    if (current)
+        lua_gc(current->L, LUA_GCCOLLECT);
+}
+
 static void render_metrics(struct evbuffer *out)
 {
     sb_metrics_gauge(out, "switchboard_runtime_generation", "Generation of the Lua runtime serving now.",

@@ -66,6 +66,8 @@ int sb_runtime_load_chunk(struct lua_State *L, const char *path, const char *dis
  * stops the running job). */
 void sb_runtime_set_memory_hook(void (*hook)(void));
 void sb_runtime_register_metrics(void);
+/* A full garbage collection of the current runtime (between jobs). */
+void sb_runtime_collect(void);
 void sb_runtime_ref(struct sb_runtime *rt);
 void sb_runtime_unref(struct sb_runtime *rt);
 
