@@ -123,7 +123,7 @@ static void line_flush(struct line *l)
 
 void sb_log(enum sb_log_level level, const char *msg, ...)
 {
-    static struct line l;
+    static __thread struct line l;   /* the store thread logs too */
     va_list ap;
     const char *k;
     if (level < min_level)
@@ -144,7 +144,7 @@ void sb_log(enum sb_log_level level, const char *msg, ...)
 void sb_log_pairs(enum sb_log_level level, const char *msg, size_t n,
                   const char *const *keys, const char *const *values, const size_t *value_lens)
 {
-    static struct line l;
+    static __thread struct line l;   /* the store thread logs too */
     size_t i;
     if (level < min_level)
         return;

@@ -8,6 +8,7 @@ extern const struct test_case config_tests[];
 extern const struct test_case runtime_tests[];
 extern const struct test_case conv_tests[];
 extern const struct test_case store_tests[];
+extern const struct test_case log_tests[];
 extern const struct test_case schedule_tests[];
 extern const struct test_case conn_tests[];
 #endif
