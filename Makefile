@@ -26,7 +26,8 @@ LDFLAGS_ALL = $(SAN) $(THREADS) $(LDFLAGS)
 
 CORE_SRCS = core/util.c core/log.c core/metrics.c core/config.c core/runtime.c core/job.c \
             core/bind_core.c core/bind_http.c core/httpclient.c core/timer.c core/kvstate.c \
-            core/server.c core/store_sqlite.c core/conv.c core/bind_conv.c core/outbox.c core/bind_outbox.c
+            core/server.c core/store_sqlite.c core/conv.c core/bind_conv.c core/outbox.c core/bind_outbox.c \
+            core/lpattern.c
 MAIN_SRC  = core/main.c
 CORE_OBJS = $(CORE_SRCS:core/%.c=$(BUILD)/%.o)
 MAIN_OBJ  = $(BUILD)/main.o
@@ -59,6 +60,15 @@ $(BUILD)/prelude_lua.h: core/prelude.lua
 	  echo '0x00 };'; } > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/runtime.o: $(BUILD)/prelude_lua.h
+
+# The pattern matcher's differential test is a Lua script, compiled in the same way.
+$(BUILD)/lpattern_diff_lua.h: tests/unit/lpattern_diff.lua
+	@mkdir -p $(BUILD)
+	{ echo 'static const char lpattern_diff_lua[] = {'; \
+	  od -An -v -tx1 $< | sed -e 's/\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	  echo '0x00 };'; } > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/unit_test_lpattern.o: $(BUILD)/lpattern_diff_lua.h
 
 $(BUILD)/bench_bare: tests/bench/bare_server.c
 	@mkdir -p $(BUILD)

@@ -8,4 +8,5 @@ extern const struct test_case config_tests[];
 extern const struct test_case runtime_tests[];
 extern const struct test_case conv_tests[];
 extern const struct test_case store_tests[];
+extern const struct test_case lpattern_tests[];
 #endif
