@@ -266,7 +266,7 @@ static const char *item_scan(struct matcher *m, const char *s, const char *p, co
     const unsigned char *q = (const unsigned char *)s;
     const unsigned char *e = (const unsigned char *)m->subject_end;
     size_t per_char = *p == '[' ? (size_t)(ep - p) : 1;
-    size_t piece = SCAN_WORK / per_char + 1;
+    size_t piece = per_char == 1 ? SCAN_WORK : SCAN_WORK / per_char + 1;
     /* memchr looks at many characters per cycle; the loops at one */
     int shift = (*p != '%' && *p != '[' && !want) ? 5 : 1;
     for (;;) {
@@ -280,12 +280,17 @@ static const char *item_scan(struct matcher *m, const char *s, const char *p, co
 }
 
 /* The pattern's first item, when it is one character that must be there
- * (no '*', '?' or '-' after it): a start position where it does not match
- * fails at once without raising or touching captures, so searches may skip
- * ahead to where it does. Returns the item's end, or NULL (no skipping). */
-static const char *lead_item(const char *p, const char *pe)
+ * (no '*', '?' or '-' after it), possibly inside a few captures: a start
+ * position where it does not match fails at once without raising (too few
+ * captures and too little nesting for their limits) and leaves nothing
+ * behind, so searches may skip ahead to where it does. Returns the item's
+ * end and sets *item to its start, or returns NULL (no skipping). */
+static const char *lead_item(const char *p, const char *pe, const char **item)
 {
     const char *ep;
+    int opens;
+    for (opens = 0; p < pe && *p == '(' && opens < 8; opens++)
+        p += (p + 1 < pe && p[1] == ')') ? 2 : 1;
     if (p >= pe)
         return NULL;
     switch (*p) {
@@ -311,6 +316,7 @@ static const char *lead_item(const char *p, const char *pe)
     }
     if (ep < pe && (*ep == '*' || *ep == '?' || *ep == '-'))
         return NULL;
+    *item = p;
     return ep;
 }
 
@@ -348,6 +354,27 @@ static int next_literal(const char *p, const char *pe)
 /* ---- the matcher ---------------------------------------------------- */
 
 static const char *match_here(struct matcher *m, const char *s, const char *p);
+
+/* next_literal for the item after a '*' or '-', also through ')'s that
+ * close captures open now (closing one nests a match and has no other
+ * effect when what follows fails); -1 when a skipped match could raise. */
+static int literal_after(struct matcher *m, const char *p)
+{
+    int closes = 0, open = 0, i;
+    while (p < m->pattern_end && *p == ')') {
+        closes++;
+        p++;
+    }
+    if (closes) {
+        for (i = 0; i < m->level; i++)
+            open += m->cap[i].len == CAP_OPEN;
+        if (open < closes)
+            return -1;
+    }
+    if (m->depth <= closes)
+        return -1;
+    return next_literal(p, m->pattern_end);
+}
 
 static const char *capture_open(struct matcher *m, const char *s, const char *p, ptrdiff_t what)
 {
@@ -425,7 +452,7 @@ static const char *balanced(struct matcher *m, const char *s, const char *p)
 static const char *match_greedy(struct matcher *m, const char *s, const char *p, const char *ep)
 {
     size_t n = (size_t)(item_scan(m, s, p, ep, 1) - s);
-    int lit = m->depth > 0 ? next_literal(ep + 1, m->pattern_end) : -1;
+    int lit = literal_after(m, ep + 1);
     const char *r;
     if (lit < 0) {
         for (;;) {
@@ -452,7 +479,7 @@ static const char *match_greedy(struct matcher *m, const char *s, const char *p,
 static const char *match_lazy(struct matcher *m, const char *s, const char *p, const char *ep)
 {
     const char *end = m->subject_end, *r;
-    int lit = m->depth > 0 ? next_literal(ep + 1, m->pattern_end) : -1;
+    int lit = literal_after(m, ep + 1);
     long cost = 1 + item_cost(p, ep);
     for (;;) {
         if (lit >= 0) {
@@ -714,15 +741,15 @@ static int find_or_match(lua_State *L, int find)
         }
     } else {
         int anchor = lp > 0 && *p == '^';
-        const char *at = s + init - 1, *lead, *e;
+        const char *at = s + init - 1, *lead, *item = NULL, *e;
         if (anchor) {
             p++;
             lp--;
         }
         matcher_init(&m, L, meter, s, ls, p, lp);
-        lead = anchor ? NULL : lead_item(p, p + lp);
+        lead = anchor ? NULL : lead_item(p, p + lp, &item);
         for (;;) {
-            if (lead && (at = item_scan(&m, at, p, lead, 0)) == m.subject_end)
+            if (lead && (at = item_scan(&m, at, item, lead, 0)) == m.subject_end)
                 break;
             m.level = 0;
             if ((e = match_here(&m, at, p))) {
@@ -754,26 +781,27 @@ static int lp_match(lua_State *L)
 }
 
 struct gmatch_state {
-    size_t next;       /* offset where the next search starts */
-    size_t last_end;   /* end of the previous match, SIZE_MAX before one */
+    const char *s, *p;   /* anchored by the iterator's upvalues */
+    size_t ls, lp;
+    size_t next;         /* offset where the next search starts */
+    size_t last_end;     /* end of the previous match, SIZE_MAX before one */
 };
 
 static int gmatch_step(lua_State *L)
 {
-    size_t ls, lp;
-    const char *s = lua_tolstring(L, lua_upvalueindex(1), &ls);
-    const char *p = lua_tolstring(L, lua_upvalueindex(2), &lp);
     struct gmatch_state *g = lua_touserdata(L, lua_upvalueindex(3));
     struct meter *meter = lua_touserdata(L, lua_upvalueindex(4));
+    const char *s = g->s, *p = g->p;
+    size_t ls = g->ls, lp = g->lp;
     struct matcher m;
-    const char *at, *e, *lead;
+    const char *at, *e, *lead, *item = NULL;
     if (g->next > ls)
         return 0;
     matcher_init(&m, L, meter, s, ls, p, lp);
     /* no anchor here: a leading '^' is an ordinary character, as in stock */
-    lead = lead_item(p, p + lp);
+    lead = lead_item(p, p + lp, &item);
     for (at = s + g->next;; at++) {
-        if (lead && (at = item_scan(&m, at, p, lead, 0)) == m.subject_end)
+        if (lead && (at = item_scan(&m, at, item, lead, 0)) == m.subject_end)
             break;
         m.level = 0;
         e = match_here(&m, at, p);
@@ -793,11 +821,15 @@ static int lp_gmatch(lua_State *L)
 {
     size_t ls, lp, init;
     struct gmatch_state *g;
-    luaL_checklstring(L, 1, &ls);
-    luaL_checklstring(L, 2, &lp);
+    const char *s = luaL_checklstring(L, 1, &ls);
+    const char *p = luaL_checklstring(L, 2, &lp);
     init = start_index(luaL_optinteger(L, 3, 1), ls) - 1;
     lua_settop(L, 2);   /* the strings stay alive as upvalues */
     g = lua_newuserdatauv(L, sizeof *g, 0);
+    g->s = s;
+    g->p = p;
+    g->ls = ls;
+    g->lp = lp;
     g->next = init > ls ? ls + 1 : init;
     g->last_end = SIZE_MAX;
     lua_pushvalue(L, lua_upvalueindex(1));
@@ -871,7 +903,7 @@ static int lp_gsub(lua_State *L)
     size_t ls, lp;
     const char *src = luaL_checklstring(L, 1, &ls);
     const char *p = luaL_checklstring(L, 2, &lp);
-    const char *last = NULL, *lead;
+    const char *last = NULL, *lead, *item = NULL;
     int tr = lua_type(L, 3);
     lua_Integer max_n = luaL_optinteger(L, 4, (lua_Integer)ls + 1);
     int anchor = lp > 0 && *p == '^';
@@ -887,11 +919,11 @@ static int lp_gsub(lua_State *L)
         lp--;
     }
     matcher_init(&m, L, meter, src, ls, p, lp);
-    lead = anchor ? NULL : lead_item(p, p + lp);
+    lead = anchor ? NULL : lead_item(p, p + lp, &item);
     while (n < max_n) {
         const char *e;
         if (lead) {
-            const char *at = item_scan(&m, src, p, lead, 0);
+            const char *at = item_scan(&m, src, item, lead, 0);
             if (at == m.subject_end)
                 break;
             luaL_addlstring(&b, src, (size_t)(at - src));

@@ -324,6 +324,22 @@ for k = 196, 204 do
   add("find", rep("a", 300), rep("%a*", k) .. "$")
   add("find", rep("a", 300), rep("()a", k > 200 and 1 or 0) .. rep("[a]*", k))
 end
+-- '*' and '-' followed by ')' and a character, with and without a capture to close
+for _, p in ipairs { "(%w+)=", "((%w+))=", "(%w+))=", "%w+)=", "(a*))b", "(a-)b", "(a-))b", "((a-)))b", "(()a*)b",
+                     "(a*)()b", "((a)*)b", "(.-))", "(.*)%)", "x(a*)b", "(a*)b(a-)c", "()a-)b", "(a+)a" } do
+  for _, subj in ipairs { "ab=c aaa=b", "aaab", "(aab))b", "xaab", "aaabaac" } do
+    add("match", subj, p)
+    add("gsub", subj, p, "<%0>")
+  end
+end
+-- around the nesting limit (tails that succeed at once: "a?" backtracks exponentially)
+for j = 0, 14 do
+  add("find", rep("a", 400), rep("a?", 188 + j) .. "(x*)a")
+  add("find", rep("a", 400), rep("a?", 188 + j) .. "((x-))a")
+  add("find", rep("a", 400), rep("a?", 188 + j) .. "(((x*)))a")
+  add("find", rep("a", 300) .. "b", rep("a?", 188 + j) .. "(%a*)b")
+  add("find", rep("a", 300) .. "b", rep("a?", 188 + j) .. "(.-)b")
+end
 add("match", rep("a", 40), rep("(a)", 32))
 add("match", rep("a", 40), rep("(a)", 33))
 
