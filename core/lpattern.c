@@ -237,8 +237,6 @@ static const unsigned char *scan_part(const unsigned char *q, const unsigned cha
                                       int want)
 {
     switch (*p) {
-    case '.':
-        return want ? e : q;
     case '%':
         return class_run(q, e, (unsigned char)p[1], want);
     case '[':
@@ -269,6 +267,8 @@ static const char *item_scan(struct matcher *m, const char *s, const char *p, co
     size_t piece = per_char == 1 ? SCAN_WORK : SCAN_WORK / per_char + 1;
     /* memchr looks at many characters per cycle; the loops at one */
     int shift = (*p != '%' && *p != '[' && !want) ? 5 : 1;
+    if (*p == '.')
+        return want ? (const char *)e : s;   /* no work to pay for */
     for (;;) {
         const unsigned char *stop = (size_t)(e - q) > piece ? q + piece : e;
         const unsigned char *r = scan_part(q, stop, p, ep, want);
@@ -467,11 +467,13 @@ static const char *match_greedy(struct matcher *m, const char *s, const char *p,
     n += s + n < m->subject_end;
     for (;;) {
         const char *at = memrchr(s, lit, n);
+        size_t left = at ? (size_t)(at - s) : 0;
+        charge(m, (long)((n - left) >> 5));
         if (!at)
             return NULL;
         if ((r = match_here(m, at, ep + 1)))
             return r;
-        n = (size_t)(at - s);
+        n = left;
     }
 }
 
