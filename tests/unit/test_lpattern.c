@@ -166,7 +166,7 @@ static void test_budget_stops_runaway_patterns(void)
         if (secs > worst)
             worst = secs;
     }
-    printf("  %d runaway patterns on 200 KB stopped after 20 checks each (%d units), slowest in %.1f ms\n",
+    printf("  %d runaway patterns (200 KB to 1 MB subjects) stopped after 20 checks each (%d units), slowest in %.1f ms\n",
            (int)(c - runaway), 20 * SB_PATTERN_CHECK_EVERY, worst * 1e3);
     lua_close(L);
 }
