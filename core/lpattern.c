@@ -264,7 +264,8 @@ static const char *item_scan(struct matcher *m, const char *s, const char *p, co
     const unsigned char *q = (const unsigned char *)s;
     const unsigned char *e = (const unsigned char *)m->subject_end;
     size_t per_char = *p == '[' ? (size_t)(ep - p) : 1;
-    size_t piece = per_char == 1 ? SCAN_WORK : SCAN_WORK / per_char + 1;
+    /* SCAN_WORK / per_char, near enough, without a division per scan */
+    size_t piece = (SCAN_WORK >> (63 - __builtin_clzl(per_char))) + 1;
     /* memchr looks at many characters per cycle; the loops at one */
     int shift = (*p != '%' && *p != '[' && !want) ? 5 : 1;
     if (*p == '.')
@@ -448,12 +449,17 @@ static const char *balanced(struct matcher *m, const char *s, const char *p)
     return NULL;
 }
 
-/* '*' and '+': the longest run first, then shorter ones. */
-static const char *match_greedy(struct matcher *m, const char *s, const char *p, const char *ep)
+/* '*' and '+': the longest run first, then shorter ones. `first` tells
+ * that the character at s is known to match. */
+static const char *match_greedy(struct matcher *m, const char *s, const char *p, const char *ep, int first)
 {
-    size_t n = (size_t)(item_scan(m, s, p, ep, 1) - s);
-    int lit = literal_after(m, ep + 1);
+    size_t n;
+    int lit;
     const char *r;
+    if (!first && (s >= m->subject_end || !item_has(p, ep, (unsigned char)*s)))
+        return match_here(m, s, ep + 1);   /* an empty run, the common case */
+    n = (size_t)(item_scan(m, s + 1, p, ep, 1) - s);
+    lit = literal_after(m, ep + 1);
     if (lit < 0) {
         for (;;) {
             if ((r = match_here(m, s + n, ep + 1)))
@@ -597,10 +603,10 @@ static const char *match_here(struct matcher *m, const char *s, const char *p)
             continue;
         }
         case '+':
-            s = match_greedy(m, s + 1, p, ep);
+            s = match_greedy(m, s + 1, p, ep, 0);
             goto out;
         case '*':
-            s = match_greedy(m, s, p, ep);
+            s = match_greedy(m, s, p, ep, 1);
             goto out;
         case '-':
             s = match_lazy(m, s, p, ep);
@@ -785,6 +791,7 @@ static int lp_match(lua_State *L)
 struct gmatch_state {
     const char *s, *p;   /* anchored by the iterator's upvalues */
     size_t ls, lp;
+    const char *lead, *item;   /* see lead_item */
     size_t next;         /* offset where the next search starts */
     size_t last_end;     /* end of the previous match, SIZE_MAX before one */
 };
@@ -796,14 +803,12 @@ static int gmatch_step(lua_State *L)
     const char *s = g->s, *p = g->p;
     size_t ls = g->ls, lp = g->lp;
     struct matcher m;
-    const char *at, *e, *lead, *item = NULL;
+    const char *at, *e;
     if (g->next > ls)
         return 0;
     matcher_init(&m, L, meter, s, ls, p, lp);
-    /* no anchor here: a leading '^' is an ordinary character, as in stock */
-    lead = lead_item(p, p + lp, &item);
     for (at = s + g->next;; at++) {
-        if (lead && (at = item_scan(&m, at, item, lead, 0)) == m.subject_end)
+        if (g->lead && (at = item_scan(&m, at, g->item, g->lead, 0)) == m.subject_end)
             break;
         m.level = 0;
         e = match_here(&m, at, p);
@@ -832,6 +837,9 @@ static int lp_gmatch(lua_State *L)
     g->p = p;
     g->ls = ls;
     g->lp = lp;
+    /* no anchor here: a leading '^' is an ordinary character, as in stock */
+    g->item = NULL;
+    g->lead = lead_item(p, p + lp, &g->item);
     g->next = init > ls ? ls + 1 : init;
     g->last_end = SIZE_MAX;
     lua_pushvalue(L, lua_upvalueindex(1));
