@@ -63,6 +63,15 @@ $(BUILD)/prelude_lua.h: core/prelude.lua
 
 $(BUILD)/loader.o: $(BUILD)/prelude_lua.h
 
+# The pattern matcher's differential test is a Lua script, compiled in the same way.
+$(BUILD)/lpattern_diff_lua.h: tests/unit/lpattern_diff.lua
+	@mkdir -p $(BUILD)
+	{ echo 'static const char lpattern_diff_lua[] = {'; \
+	  od -An -v -tx1 $< | sed -e 's/\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	  echo '0x00 };'; } > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/unit_test_lpattern.o: $(BUILD)/lpattern_diff_lua.h
+
 $(BUILD)/bench_bare: tests/bench/bare_server.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(LDLIBS_ALL)

@@ -237,8 +237,6 @@ static const unsigned char *scan_part(const unsigned char *q, const unsigned cha
                                       int want)
 {
     switch (*p) {
-    case '.':
-        return want ? e : q;
     case '%':
         return class_run(q, e, (unsigned char)p[1], want);
     case '[':
@@ -266,9 +264,12 @@ static const char *item_scan(struct matcher *m, const char *s, const char *p, co
     const unsigned char *q = (const unsigned char *)s;
     const unsigned char *e = (const unsigned char *)m->subject_end;
     size_t per_char = *p == '[' ? (size_t)(ep - p) : 1;
-    size_t piece = per_char == 1 ? SCAN_WORK : SCAN_WORK / per_char + 1;
+    /* SCAN_WORK / per_char, near enough, without a division per scan */
+    size_t piece = (SCAN_WORK >> (63 - __builtin_clzl(per_char))) + 1;
     /* memchr looks at many characters per cycle; the loops at one */
     int shift = (*p != '%' && *p != '[' && !want) ? 5 : 1;
+    if (*p == '.')
+        return want ? (const char *)e : s;   /* no work to pay for */
     for (;;) {
         const unsigned char *stop = (size_t)(e - q) > piece ? q + piece : e;
         const unsigned char *r = scan_part(q, stop, p, ep, want);
@@ -355,6 +356,27 @@ static int next_literal(const char *p, const char *pe)
 
 static const char *match_here(struct matcher *m, const char *s, const char *p);
 
+/* next_literal for the item after a '*' or '-', also through ')'s that
+ * close captures open now (closing one nests a match and has no other
+ * effect when what follows fails); -1 when a skipped match could raise. */
+static int literal_after(struct matcher *m, const char *p)
+{
+    int closes = 0, open = 0, i;
+    while (p < m->pattern_end && *p == ')') {
+        closes++;
+        p++;
+    }
+    if (closes) {
+        for (i = 0; i < m->level; i++)
+            open += m->cap[i].len == CAP_OPEN;
+        if (open < closes)
+            return -1;
+    }
+    if (m->depth <= closes)
+        return -1;
+    return next_literal(p, m->pattern_end);
+}
+
 static const char *capture_open(struct matcher *m, const char *s, const char *p, ptrdiff_t what)
 {
     const char *r;
@@ -427,12 +449,17 @@ static const char *balanced(struct matcher *m, const char *s, const char *p)
     return NULL;
 }
 
-/* '*' and '+': the longest run first, then shorter ones. */
-static const char *match_greedy(struct matcher *m, const char *s, const char *p, const char *ep)
+/* '*' and '+': the longest run first, then shorter ones. `first` tells
+ * that the character at s is known to match. */
+static const char *match_greedy(struct matcher *m, const char *s, const char *p, const char *ep, int first)
 {
-    size_t n = (size_t)(item_scan(m, s, p, ep, 1) - s);
-    int lit = m->depth > 0 ? next_literal(ep + 1, m->pattern_end) : -1;
+    size_t n;
+    int lit;
     const char *r;
+    if (!first && (s >= m->subject_end || !item_has(p, ep, (unsigned char)*s)))
+        return match_here(m, s, ep + 1);   /* an empty run, the common case */
+    n = (size_t)(item_scan(m, s + 1, p, ep, 1) - s);
+    lit = literal_after(m, ep + 1);
     if (lit < 0) {
         for (;;) {
             if ((r = match_here(m, s + n, ep + 1)))
@@ -446,11 +473,13 @@ static const char *match_greedy(struct matcher *m, const char *s, const char *p,
     n += s + n < m->subject_end;
     for (;;) {
         const char *at = memrchr(s, lit, n);
+        size_t left = at ? (size_t)(at - s) : 0;
+        charge(m, (long)((n - left) >> 5));
         if (!at)
             return NULL;
         if ((r = match_here(m, at, ep + 1)))
             return r;
-        n = (size_t)(at - s);
+        n = left;
     }
 }
 
@@ -458,7 +487,7 @@ static const char *match_greedy(struct matcher *m, const char *s, const char *p,
 static const char *match_lazy(struct matcher *m, const char *s, const char *p, const char *ep)
 {
     const char *end = m->subject_end, *r;
-    int lit = m->depth > 0 ? next_literal(ep + 1, m->pattern_end) : -1;
+    int lit = literal_after(m, ep + 1);
     long cost = 1 + item_cost(p, ep);
     for (;;) {
         if (lit >= 0) {
@@ -574,10 +603,10 @@ static const char *match_here(struct matcher *m, const char *s, const char *p)
             continue;
         }
         case '+':
-            s = match_greedy(m, s + 1, p, ep);
+            s = match_greedy(m, s + 1, p, ep, 0);
             goto out;
         case '*':
-            s = match_greedy(m, s, p, ep);
+            s = match_greedy(m, s, p, ep, 1);
             goto out;
         case '-':
             s = match_lazy(m, s, p, ep);
@@ -760,26 +789,26 @@ static int lp_match(lua_State *L)
 }
 
 struct gmatch_state {
-    size_t next;       /* offset where the next search starts */
-    size_t last_end;   /* end of the previous match, SIZE_MAX before one */
+    const char *s, *p;   /* anchored by the iterator's upvalues */
+    size_t ls, lp;
+    const char *lead, *item;   /* see lead_item */
+    size_t next;         /* offset where the next search starts */
+    size_t last_end;     /* end of the previous match, SIZE_MAX before one */
 };
 
 static int gmatch_step(lua_State *L)
 {
-    size_t ls, lp;
-    const char *s = lua_tolstring(L, lua_upvalueindex(1), &ls);
-    const char *p = lua_tolstring(L, lua_upvalueindex(2), &lp);
     struct gmatch_state *g = lua_touserdata(L, lua_upvalueindex(3));
     struct meter *meter = lua_touserdata(L, lua_upvalueindex(4));
+    const char *s = g->s, *p = g->p;
+    size_t ls = g->ls, lp = g->lp;
     struct matcher m;
-    const char *at, *e, *lead, *item = NULL;
+    const char *at, *e;
     if (g->next > ls)
         return 0;
     matcher_init(&m, L, meter, s, ls, p, lp);
-    /* no anchor here: a leading '^' is an ordinary character, as in stock */
-    lead = lead_item(p, p + lp, &item);
     for (at = s + g->next;; at++) {
-        if (lead && (at = item_scan(&m, at, item, lead, 0)) == m.subject_end)
+        if (g->lead && (at = item_scan(&m, at, g->item, g->lead, 0)) == m.subject_end)
             break;
         m.level = 0;
         e = match_here(&m, at, p);
@@ -799,11 +828,18 @@ static int lp_gmatch(lua_State *L)
 {
     size_t ls, lp, init;
     struct gmatch_state *g;
-    luaL_checklstring(L, 1, &ls);
-    luaL_checklstring(L, 2, &lp);
+    const char *s = luaL_checklstring(L, 1, &ls);
+    const char *p = luaL_checklstring(L, 2, &lp);
     init = start_index(luaL_optinteger(L, 3, 1), ls) - 1;
     lua_settop(L, 2);   /* the strings stay alive as upvalues */
     g = lua_newuserdatauv(L, sizeof *g, 0);
+    g->s = s;
+    g->p = p;
+    g->ls = ls;
+    g->lp = lp;
+    /* no anchor here: a leading '^' is an ordinary character, as in stock */
+    g->item = NULL;
+    g->lead = lead_item(p, p + lp, &g->item);
     g->next = init > ls ? ls + 1 : init;
     g->last_end = SIZE_MAX;
     lua_pushvalue(L, lua_upvalueindex(1));
