@@ -1,6 +1,7 @@
 /* switchboard: live-chat handoff and routing engine. Process set-up, the
  * reload sequence, signals and the graceful stop. */
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -235,6 +236,9 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
 
 static void render_metrics(struct evbuffer *out)
 {
+    struct mallinfo2 mi = mallinfo2();
+    sb_metrics_gauge(out, "switchboard_memory_heap_bytes", "Heap memory in use (malloc), SQLite's included.",
+                     (double)mi.uordblks + (double)mi.hblkhd);
     sb_metrics_family(out, "switchboard_reloads_total", "counter", "Script reloads, by result.");
     evbuffer_add_printf(out, "switchboard_reloads_total{result=\"ok\"} %llu\n"
                              "switchboard_reloads_total{result=\"failed\"} %llu\n", reloads_ok, reloads_failed);

@@ -14,6 +14,8 @@
 #include "store.h"
 #include "store_int.h"
 
+#include <sqlite3.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -661,6 +663,8 @@ static void render_metrics(struct evbuffer *out)
     sb_metrics_counter(out, "switchboard_store_writes_total", "Store write operations.", stats.writes);
     sb_metrics_counter(out, "switchboard_store_reads_total", "Store reads.", stats.reads);
     sb_metrics_counter(out, "switchboard_store_failures_total", "Store transactions that failed.", stats.failures);
+    sb_metrics_gauge(out, "switchboard_store_memory_bytes", "Memory SQLite holds (page cache, statements).",
+                     (double)sqlite3_memory_used());
 }
 
 int store_open(const char *data_dir, enum store_sync sync, struct sb_error *err)

@@ -22,4 +22,6 @@ return {
   },
   bots = { echo = { type = "lua", module = "bots.echo" } },
   outbox = { concurrency = 256 },
+  -- the memory row holds every conversation it makes
+  conversations = { memory_idle = 3600 },
 }

@@ -3,7 +3,8 @@
  * POST as soon as the previous one is answered. With --callback-port it
  * also serves the webhook channel's callback_url and measures, for each
  * message, the time from sending the client message to receiving the bot's
- * reply at the callback. Prints one line of key=value results. */
+ * reply at the callback. --count N stops after N requests were answered.
+ * Prints one line of key=value results. */
 #include <getopt.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,7 +24,7 @@ static const char *host = "127.0.0.1", *path = "/", *secret;
 static int port, connections = 32, clients = 1000;
 static double duration = 10, drain = 10;
 static double t_start, t_end;
-static uint64_t next_seq, acked, acked_in_window, failed;
+static uint64_t next_seq, acked, acked_in_window, failed, count_limit;
 static double *sent_at;           /* by sequence number */
 static double *latencies;
 static uint64_t nlat, delivered_in_window;
@@ -55,8 +56,10 @@ static void on_response(struct evhttp_request *req, void *arg)
     } else {
         failed++;
     }
-    if (!stopping && t < t_end)
+    if (!stopping && t < t_end && (!count_limit || next_seq < count_limit))
         send_next(c);
+    else if (count_limit && acked + failed >= count_limit)
+        event_base_loopexit(base, NULL);   /* every request of the count answered */
 }
 
 static void send_next(struct conn *c)
@@ -141,7 +144,7 @@ int main(int argc, char **argv)
         { "secret", required_argument, NULL, 's' }, { "connections", required_argument, NULL, 'c' },
         { "duration", required_argument, NULL, 'd' }, { "callback-port", required_argument, NULL, 'b' },
         { "clients", required_argument, NULL, 'k' }, { "drain", required_argument, NULL, 'r' },
-        { NULL, 0, NULL, 0 },
+        { "count", required_argument, NULL, 'n' }, { NULL, 0, NULL, 0 },
     };
     struct conn *conns;
     struct evhttp *cb_server = NULL;
@@ -157,6 +160,7 @@ int main(int argc, char **argv)
         case 'b': callback_port = atoi(optarg); break;
         case 'k': clients = atoi(optarg); break;
         case 'r': drain = atof(optarg); break;
+        case 'n': count_limit = strtoull(optarg, NULL, 10); break;
         default: fprintf(stderr, "bad option\n"); return 2;
         }
     }
@@ -175,7 +179,7 @@ int main(int argc, char **argv)
     conns = calloc((size_t)connections, sizeof *conns);
     t_start = now();
     t_end = t_start + duration;
-    for (i = 0; i < connections; i++) {
+    for (i = 0; i < connections && (!count_limit || next_seq < count_limit); i++) {
         conns[i].evcon = evhttp_connection_base_new(base, NULL, host, (ev_uint16_t)port);
         send_next(&conns[i]);
     }
@@ -192,7 +196,8 @@ int main(int argc, char **argv)
            (double)acked_in_window / duration, (unsigned long long)nlat, (double)delivered_in_window / duration,
            pct(0.50), pct(0.99));
     for (i = 0; i < connections; i++)
-        evhttp_connection_free(conns[i].evcon);
+        if (conns[i].evcon)
+            evhttp_connection_free(conns[i].evcon);
     free(conns);
     if (cb_server)
         evhttp_free(cb_server);

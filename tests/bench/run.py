@@ -12,8 +12,16 @@ core 0:
      and the callback receiver, with store.sync = "normal" and "full":
      messages/s acknowledged (202 after commit), messages/s delivered to the
      callback, p50/p99 from sending a message to receiving the bot's reply.
-Prints a Markdown table; nothing here asserts on time.
-Environment: BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 64).
+  5. memory: bytes of resident memory per conversation held in memory (open
+     conversations, one client message each, created through the webhook
+     channel with no bot);
+  6. restart: seconds from starting the daemon on a store of 100,000
+     conversations and 1,000,000 messages to its first /healthz answer.
+Prints Markdown tables; nothing here asserts on time.
+Environment: BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 64),
+SWITCHBOARD_BIN (the binary measured, default ./switchboard: point it at
+another build to compare), BENCH_ONLY (comma-separated row groups:
+throughput, memory, restart).
 """
 import os
 import re
@@ -32,6 +40,8 @@ DURATION = float(os.environ.get("BENCH_SECONDS", "10"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 LOADGEN = os.path.join(ROOT, "build", "bench_loadgen")
 BARE = os.path.join(ROOT, "build", "bench_bare")
+BINARY = os.environ.get("SWITCHBOARD_BIN", os.path.join(ROOT, "switchboard"))
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "throughput,memory,restart").split(",")))
 
 
 def free_port():
@@ -70,9 +80,13 @@ def stop(proc):
         proc.wait()
 
 
-def loadgen(port, path, secret=None, callback_port=None):
+def loadgen(port, path, secret=None, callback_port=None, clients=None, duration=None, count=None):
     cmd = pin(1) + [LOADGEN, "--port", str(port), "--path", path, "--connections", str(CONNECTIONS),
-                    "--duration", str(DURATION)]
+                    "--duration", str(duration or DURATION)]
+    if clients:
+        cmd += ["--clients", str(clients)]
+    if count:
+        cmd += ["--count", str(count)]
     if secret:
         cmd += ["--secret", secret]
     if callback_port:
@@ -98,7 +112,7 @@ def run_engine(conf, path, env, secret=None, with_callback=False):
     env = dict(os.environ, SWITCHBOARD_BENCH_DIR=BENCH, SWITCHBOARD_BENCH_DATA=os.path.join(tmp, "var"), **env)
     if cb:
         env["SWITCHBOARD_BENCH_CALLBACK"] = "http://127.0.0.1:%d/callback" % cb
-    proc = subprocess.Popen(pin(0) + [os.path.join(ROOT, "switchboard"), "-c", os.path.join(BENCH, conf),
+    proc = subprocess.Popen(pin(0) + [BINARY, "-c", os.path.join(BENCH, conf),
                                       "--listen", "127.0.0.1:%d" % port], env=env)
     try:
         wait_up("http://127.0.0.1:%d/healthz" % port, proc)
@@ -108,8 +122,112 @@ def run_engine(conf, path, env, secret=None, with_callback=False):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def rss_bytes(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def metric(port, name, label=None):
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (label is None or label in line):
+            total += float(line.split()[-1])
+    return total
+
+
+def run_memory(conversations=100000):
+    """Resident memory per conversation held in memory: RSS before and after
+    `conversations` clients sent one message each (no bot)."""
+    port = free_port()
+    tmp = tempfile.mkdtemp(prefix="sb-bench-")
+    env = dict(os.environ, SWITCHBOARD_BENCH_DIR=BENCH, SWITCHBOARD_BENCH_DATA=os.path.join(tmp, "var"),
+               SWITCHBOARD_BENCH_SYNC="off", SWITCHBOARD_BENCH_BOT="none")
+    proc = subprocess.Popen(pin(0) + [BINARY, "-c", os.path.join(BENCH, "bench.conf.lua"),
+                                      "--listen", "127.0.0.1:%d" % port], env=env)
+    try:
+        wait_up("http://127.0.0.1:%d/healthz" % port, proc)
+        before = rss_bytes(proc.pid)
+        heap_before = metric(port, "switchboard_memory_heap_bytes") - metric(port, "switchboard_store_memory_bytes")
+        # one pass over every client; the duration only bounds it
+        loadgen(port, "/v1/channels/bench/messages", "bench-secret", clients=conversations,
+                duration=300, count=conversations)
+        time.sleep(1)
+        held = metric(port, "switchboard_conversations", 'state="loaded"') or \
+            metric(port, "switchboard_conversations", 'state="all"')
+        after = rss_bytes(proc.pid)
+        heap_after = metric(port, "switchboard_memory_heap_bytes") - metric(port, "switchboard_store_memory_bytes")
+        return {"conversations": held, "rss_before": before, "rss_after": after,
+                "per_conversation": (after - before) / held if held else 0,
+                "heap_per_conversation": (heap_after - heap_before) / held if held else 0}
+    finally:
+        stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_restart(conversations=100000, messages=1000000):
+    """Seconds from start to the first /healthz answer on a store holding
+    `conversations` conversations and `messages` messages (written straight
+    into the database the binary created)."""
+    import sqlite3
+    tmp = tempfile.mkdtemp(prefix="sb-bench-")
+    data = os.path.join(tmp, "var")
+    env = dict(os.environ, SWITCHBOARD_BENCH_DIR=BENCH, SWITCHBOARD_BENCH_DATA=data,
+               SWITCHBOARD_BENCH_SYNC="off", SWITCHBOARD_BENCH_BOT="none")
+    argv = [BINARY, "-c", os.path.join(BENCH, "bench.conf.lua")]
+    try:
+        port = free_port()
+        proc = subprocess.Popen(argv + ["--listen", "127.0.0.1:%d" % port], env=env)
+        wait_up("http://127.0.0.1:%d/healthz" % port, proc)
+        stop(proc)
+        con = sqlite3.connect(os.path.join(data, "switchboard.db"))
+        now = time.time()
+        per = messages // conversations
+        con.executemany("INSERT INTO conversations(id, channel, client_id, state, status, created, updated, last_seq)"
+                        " VALUES(?,?,?,?,?,?,?,?)",
+                        (("%020x" % (i + 1), "bench", "client-%07d" % i, "bot", "open", now, now, per)
+                         for i in range(conversations)))
+        con.executemany("INSERT INTO messages(conversation_id, seq, id, author_kind, text, created)"
+                        " VALUES(?,?,?,?,?,?)",
+                        (("%020x" % (i // per + 1), i % per + 1, "m%019x" % i, "client",
+                          "a stored message of about sixty bytes, as clients write them", now)
+                         for i in range(messages)))
+        con.commit()
+        con.close()
+        port = free_port()
+        t0 = time.time()
+        proc = subprocess.Popen(argv + ["--listen", "127.0.0.1:%d" % port], env=env)
+        wait_up("http://127.0.0.1:%d/healthz" % port, proc, limit=120)
+        serving = time.time() - t0
+        rss = rss_bytes(proc.pid)
+        stop(proc)
+        return {"seconds": serving, "rss": rss, "conversations": conversations, "messages": messages}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     subprocess.run(["make", "-s", "-C", ROOT, "switchboard", "build/bench_bare", "build/bench_loadgen"], check=True)
+    print("binary: %s" % BINARY)
+    if "memory" in ONLY:
+        m = run_memory()
+        print("\n| memory | conversations held | RSS before | RSS after | RSS per conversation |"
+              " heap per conversation (SQLite's cache apart) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        print("| one client message each, no bot | %d | %.1f MB | %.1f MB | %.0f B | %s |" % (
+            m["conversations"], m["rss_before"] / 1e6, m["rss_after"] / 1e6, m["per_conversation"],
+            "%.0f B" % m["heap_per_conversation"] if m["heap_per_conversation"] > 0 else "-"))
+    if "restart" in ONLY:
+        r = run_restart()
+        print("\n| restart | stored | serving after | RSS then |")
+        print("|---|---|---:|---:|")
+        print("| first /healthz answer | %d conversations, %d messages | %.2f s | %.1f MB |" % (
+            r["conversations"], r["messages"], r["seconds"], r["rss"] / 1e6))
+    if "throughput" not in ONLY:
+        return 0
     rows = []
     rows.append(("bare evhttp (ceiling)", run_bare()))
     rows.append(("Lua route: JSON decode + encode, no store",
