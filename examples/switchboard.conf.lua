@@ -63,6 +63,8 @@ return {
   -- A generic webhook channel answered by the demo bot. Its replies go to
   -- callback_url (nothing listens there out of the box: they wait in the
   -- outbox, retried, and end as dead letters you can list and retry).
+  -- Without SWITCHBOARD_WEB_SECRET its secret is "change-me", which is
+  -- public: the daemon warns about it at every load.
   channels = {
     web = {
       type = "webhook",
