@@ -839,8 +839,9 @@ def test_one_time_message(handoff):
     env.send("c-1", "tell them")
     env.wait_callback_text(conv_id, "I passed it on.")
     env.desk.wait_text(conv_id, "FYI: the client asks about refunds")
+    env.desk.wait_calls("closeChat", 1, conv_id)  # the one-time session is closed at once
     ops = env.desk.ops(conv_id)
-    assert [op for op, _ in ops] == ["selectDestination", "sendText"], ops
+    assert [op for op, _ in ops] == ["selectDestination", "sendText", "closeChat"], ops
     assert ops[0][1]["destinationId"] == "15"
     assert env.conv(conv_id)["state"] == "bot"
     # the bot keeps the conversation

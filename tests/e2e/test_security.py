@@ -1,6 +1,6 @@
 """Webhook credentials are checked before any lookup (an unknown instance
-looks like a wrong secret), and the example's public channel secret is
-warned about (docs/conversations.md).
+or desk looks like a wrong secret), and the example's public channel secret
+is warned about (docs/conversations.md, docs/handoff.md).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from convkit import (
     write_conv_config,
 )
 from fakes import tg_text_update
+from test_handoff import DEFAULT_EMPLOYEE, handoff  # noqa: F401 - handoff is a fixture
 
 TG_SECRET = "tg-secret-3"
 
@@ -78,6 +79,24 @@ def test_channel_endpoints_answer_unknown_instances_like_wrong_secrets(fakes, da
     settle()
     assert api.conversations_all() == []
     assert cb.snapshot() == [] and tg.snapshot() == []
+
+
+def test_desk_webhook_answers_unknown_desks_like_wrong_keys(handoff):
+    env = handoff()
+    env.desk.wait_webhook()
+    conv_id = env.open_agent_chat("c-1", destination="15")
+    event = {"id": "ev-x", "userId": conv_id, "type": "TextMessage", "text": "hi", "employee": DEFAULT_EMPLOYEE}
+    base = env.public_url
+
+    def post(path):
+        return env.desk.post_event(event, url=base + path)
+
+    wrong = post("/v1/providers/support/operatorapi/wrong")
+    same_answer(post("/v1/providers/nope/operatorapi/k3y"), wrong)
+    same_answer(post("/v1/providers/web/operatorapi/k3y"), wrong)   # a channel's name is no desk either
+    same_answer(post("/v1/providers/nope/operatorapi/wrong"), wrong)
+    settle()
+    assert "hi" not in [m.get("text") for m in env.callbacks(conv_id)]
 
 
 # --------------------------------------------------------------------------
