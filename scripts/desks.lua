@@ -15,6 +15,27 @@ desks = adapter_registry("desks")
 
 local v = require("validate")
 
+-- default_desk must name a desk: a typo would otherwise show up only when
+-- a bot asks for availability.
+if config.default_desk ~= nil then
+  if type(config.default_desk) ~= "string" or not (config.desks and config.desks[config.default_desk]) then
+    error("default_desk: no desk named " .. tostring(config.default_desk) .. " in desks")
+  end
+end
+
+-- The desk used when none is named: default_desk, else the only desk
+-- configured. Returns nil and why when that does not tell.
+function desks.default()
+  if config.default_desk then return config.default_desk end
+  local only, n = nil, 0
+  for name in pairs(config.desks or {}) do
+    only, n = name, n + 1
+  end
+  if n == 1 then return only end
+  if n == 0 then return nil, "no desk is configured" end
+  return nil, "several desks are configured and default_desk is not set: name the desk"
+end
+
 -- The desk a channel hands conversations to: name, config, adapter.
 function desks.for_channel(channel)
   local ch = channels.instance(channel)
@@ -38,12 +59,15 @@ function desks.has_online(name, group)
   return d ~= nil and d.online == true
 end
 
--- JAICP's hasOperatorsOnline(); the desk defaults to the first configured one.
+-- JAICP's hasOperatorsOnline(); the desk defaults to desks.default(). A
+-- config that does not say which desk is an error, not "nobody online".
 function hasOperatorsOnline(group, desk)
-  if not desk and config.desks then
-    for name in pairs(config.desks) do desk = name break end
+  if desk == nil then
+    local why
+    desk, why = desks.default()
+    if not desk then error("hasOperatorsOnline: " .. why, 2) end
   end
-  return desk ~= nil and desks.has_online(desk, group)
+  return desks.has_online(desk, group)
 end
 
 local function call(name, fn, ...)

@@ -13,8 +13,8 @@ import threading
 import pytest
 
 import conftest
-from conftest import assert_json_error, free_port, run_in_thread, wait_until
-from convkit import http_bot, install_lua_tree, webhook_channel, write_conv_config
+from conftest import assert_json_error, free_port, run_cli, run_in_thread, wait_until
+from convkit import Api, http_bot, install_lua_tree, webhook_channel, write_conv_config
 from fake_operator_api import DEFAULT_EMPLOYEE, FakeOperatorApi
 from fakes import CallbackReceiver
 from test_handoff import (  # noqa: F401 - handoff is a fixture
@@ -363,5 +363,71 @@ def test_concurrent_switches_hand_off_once(handoff):
     env.agent_says(conv_id, "Hello")
     assert env.api.post(f"/v1/conversations/{conv_id}/end").status == 200
     env.wait_callback_text(conv_id, "bye")
-    assert len(env.desk.calls("closeChat", conv_id)) == 1
+    env.desk.wait_calls("closeChat", 1, conv_id)
     assert_clean(env)
+
+
+# --------------------------------------------------------------------------
+# which desk, when none is named
+# --------------------------------------------------------------------------
+
+PROBE_LUA = """
+-- hasOperatorsOnline() without a desk, as a bot would call it
+function probe_online(req)
+  return 200, { online = hasOperatorsOnline(req.query.group) }
+end
+route("GET", "/probe", "probe_online")
+"""
+
+
+@pytest.fixture
+def desk_pair():
+    a = FakeOperatorApi(destinations={"15": ("Support A", True)})
+    b = FakeOperatorApi(destinations={"15": ("Support B", False)})
+    yield a, b
+    a.close()
+    b.close()
+
+
+def write_two_desk_config(daemon, a, b, **extra):
+    install_lua_tree(daemon)
+    daemon.write_script("scripts/zz_probe.lua", PROBE_LUA)
+    write_conv_config(daemon, channels={}, bots={},
+                      desks={"a": {"type": "operator_api", "api_url": a.base_url, "availability_ttl": 0},
+                             "b": {"type": "operator_api", "api_url": b.base_url, "availability_ttl": 0}},
+                      **extra)
+
+
+def test_the_default_desk_is_configured_not_guessed(daemon, desk_pair):
+    a, b = desk_pair
+    write_two_desk_config(daemon, a, b)
+    daemon.start()
+    api = Api(daemon)
+    err = assert_json_error(api.get("/v1/groups/15/availability"), 400, "invalid_parameter")
+    assert "desk" in err["message"] and "default_desk" in err["message"], err
+    resp = api.get("/v1/groups/15/availability", desk="b")
+    assert resp.status == 200 and resp.json()["name"] == "Support B", resp
+    assert_json_error(daemon.get("/probe?group=15"), 500)
+    assert daemon.find_logs(level="error", error=lambda e: "default_desk" in e), daemon.log_text()[-2000:]
+
+    write_two_desk_config(daemon, a, b, default_desk="b")
+    daemon.reload_ok()
+    resp = api.get("/v1/groups/15/availability")
+    assert resp.status == 200, resp
+    assert resp.json() == {"desk": "b", "group": "15", "name": "Support B", "online": False}
+    probe = daemon.get("/probe?group=15")
+    assert probe.status == 200 and probe.json() == {"online": False}, probe
+    write_two_desk_config(daemon, a, b, default_desk="a")
+    daemon.reload_ok()
+    assert daemon.get("/probe?group=15").json() == {"online": True}
+    assert api.get("/v1/groups/15/availability").json()["desk"] == "a"
+    a.assert_no_violations()
+    b.assert_no_violations()
+
+
+def test_default_desk_must_name_a_desk(daemon, desk_pair):
+    a, b = desk_pair
+    write_two_desk_config(daemon, a, b, default_desk="c")
+    res = run_cli(["--check", "-c", str(daemon.config_path)], cwd=daemon.workdir)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "default_desk" in res.stderr, res.stderr

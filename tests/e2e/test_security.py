@@ -1,6 +1,6 @@
-"""Webhook credentials are checked before any lookup (an unknown instance
-or desk looks like a wrong secret), and the example's public channel secret
-is warned about (docs/conversations.md, docs/handoff.md).
+"""docs/security.md: webhook credentials are checked before any lookup (an
+unknown instance looks like a wrong secret), scoped API tokens, and the
+warning about the example's public channel secret.
 """
 
 from __future__ import annotations
@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import time
 
-from conftest import assert_json_error, wait_until
+from conftest import LuaExpr, assert_json_error, run_cli, wait_until
 from convkit import (
+    API_TOKEN,
+    WEB_SECRET,
     Api,
     fakes_fixture,  # noqa: F401 - the `fakes` fixture
     install_lua_tree,
     lua_bot,
+    q,
     webhook_channel,
     write_conv_config,
 )
@@ -97,6 +100,149 @@ def test_desk_webhook_answers_unknown_desks_like_wrong_keys(handoff):
     same_answer(post("/v1/providers/nope/operatorapi/wrong"), wrong)
     settle()
     assert "hi" not in [m.get("text") for m in env.callbacks(conv_id)]
+
+
+# --------------------------------------------------------------------------
+# scoped API tokens
+# --------------------------------------------------------------------------
+
+READ_TOKEN = "tok-read-0123456789"
+WRITE_TOKEN = "tok-write-0123456789"
+ECHO_TOKEN = "tok-echo-0123456789"
+
+
+def start_scoped(daemon, fakes, legacy=True):
+    cb = fakes.callback()
+    install_lua_tree(daemon)
+    daemon.write_script("scripts/bots/echo.lua", ECHO_LUA)
+    daemon.write_script("scripts/bots/other.lua", ECHO_LUA)
+    write_conv_config(
+        daemon,
+        api_token=API_TOKEN if legacy else None,
+        channels={"web": webhook_channel(cb.callback_url, bot="echo"),
+                  "web2": webhook_channel(cb.callback_url, bot="other", secret="web2-secret")},
+        bots={"echo": lua_bot("bots.echo"), "other": lua_bot("bots.other")},
+        api_tokens=[
+            {"name": "dashboard", "token": READ_TOKEN, "scopes": ["read"]},
+            {"name": "ops", "token": WRITE_TOKEN, "scopes": ["write"]},
+            {"name": "echo-bot", "token": ECHO_TOKEN, "scopes": ["write"], "bot": "echo"},
+            {"name": "not-set", "token": LuaExpr('env("SWITCHBOARD_TEST_NOT_SET")'), "scopes": ["read", "write"]},
+        ],
+    )
+    daemon.start()
+    api = Api(daemon)
+    web = api.send("c-1", "hi")["conversation_id"]
+    web2 = api.send("c-2", "hi", instance="web2", secret="web2-secret")["conversation_id"]
+    cb.wait_for_accepted(2)
+    return api, cb, web, web2
+
+
+def read_paths(web):
+    return ["/v1/conversations", f"/v1/conversations/{web}", f"/v1/conversations/{web}/messages",
+            f"/v1/conversations/{web}/events", "/v1/outbox/dead"]
+
+
+REPLY = [{"type": "text", "text": "from the API"}]
+
+
+def test_read_scope_reads_and_writes_nothing(fakes, daemon):
+    api, cb, web, web2 = start_scoped(daemon, fakes)
+    for path in read_paths(web):
+        assert api.get(path, token=READ_TOKEN).status == 200, path
+    before = api.messages_all(web)
+    for resp in (api.replies(web, REPLY, token=READ_TOKEN),
+                 api.post(f"/v1/conversations/{q(web)}/end", token=READ_TOKEN),
+                 api.post("/v1/outbox/dead/1/retry", token=READ_TOKEN)):
+        assert_json_error(resp, 403, "insufficient_scope")
+    settle()
+    assert api.messages_all(web) == before
+    assert len(cb.accepted()) == 2
+
+
+def test_write_scope_writes_and_does_not_read(fakes, daemon):
+    api, cb, web, web2 = start_scoped(daemon, fakes)
+    for path in read_paths(web):
+        assert_json_error(api.get(path, token=WRITE_TOKEN), 403, "insufficient_scope")
+    resp = api.replies(web2, REPLY, token=WRITE_TOKEN)
+    assert resp.status == 202, resp
+    m = cb.wait_for_text("from the API")
+    assert m["author"] == {"kind": "bot", "name": "other"}, m     # the channel's bot by default
+    assert_json_error(api.post(f"/v1/conversations/{q(web)}/end", token=WRITE_TOKEN), 409, "not_in_live_chat")
+    assert_json_error(api.post("/v1/outbox/dead/1/retry", token=WRITE_TOKEN), 404, "not_found")
+
+
+def test_a_bot_token_replies_only_to_its_bots_conversations(fakes, daemon):
+    api, cb, web, web2 = start_scoped(daemon, fakes)
+    resp = api.post(f"/v1/conversations/{q(web)}/replies", {"replies": REPLY}, token=ECHO_TOKEN)
+    assert resp.status == 202, resp
+    m = cb.wait_for_text("from the API")
+    assert m["author"] == {"kind": "bot", "name": "echo"}, m
+    # it cannot speak as another bot
+    err = assert_json_error(api.post(f"/v1/conversations/{q(web)}/replies",
+                                     {"replies": [{"type": "text", "text": "as other"}], "bot": "other"},
+                                     token=ECHO_TOKEN), 422, "invalid_field")
+    assert err["message"].startswith("bot "), err
+    # another bot's conversation looks like an unknown one
+    other = api.replies(web2, [{"type": "text", "text": "not yours"}], token=ECHO_TOKEN)
+    unknown = api.replies("no-such-conversation", [{"type": "text", "text": "not yours"}], token=ECHO_TOKEN)
+    assert_json_error(other, 404, "not_found")
+    assert (other.status, other.body) == (unknown.status, unknown.body)
+    assert_json_error(api.post(f"/v1/conversations/{q(web2)}/end", token=ECHO_TOKEN), 404, "not_found")
+    assert_json_error(api.post("/v1/outbox/dead/1/retry", token=ECHO_TOKEN), 403, "insufficient_scope")
+    assert_json_error(api.get("/v1/conversations", token=ECHO_TOKEN), 403, "insufficient_scope")
+    settle()
+    texts = [m.get("text") for m in cb.accepted_messages()]
+    assert "not yours" not in texts and "as other" not in texts, texts
+    assert [m["text"] for m in api.messages_all(web2)] == ["hi", "you said: hi"]
+
+
+def test_legacy_api_token_keeps_every_scope_next_to_scoped_tokens(fakes, daemon):
+    api, cb, web, web2 = start_scoped(daemon, fakes)
+    for path in read_paths(web):
+        assert api.get(path).status == 200, path
+        assert api.get(path, token=READ_TOKEN).status == 200, path
+    assert api.replies(web, REPLY).status == 202
+    cb.wait_for_text("from the API")
+    assert api.replies(web, [{"type": "text", "text": "scoped"}], token=WRITE_TOKEN).status == 202
+    cb.wait_for_text("scoped")
+
+
+def test_unknown_missing_and_unset_tokens_are_401(fakes, daemon):
+    api, cb, web, web2 = start_scoped(daemon, fakes, legacy=False)
+    for token in (None, "wrong", API_TOKEN, WEB_SECRET, READ_TOKEN + "x", READ_TOKEN[:-1], ""):
+        assert_json_error(api.get("/v1/conversations", token=token), 401, "unauthorized")
+        assert_json_error(api.replies(web, REPLY, token=token), 401, "unauthorized")
+    assert daemon.find_logs(level="warn", token="not-set"), "a token without a value is disabled with a warning"
+    assert api.get("/v1/conversations", token=READ_TOKEN).status == 200
+
+
+def check_config(daemon, **extra):
+    install_lua_tree(daemon)
+    daemon.write_script("scripts/bots/echo.lua", ECHO_LUA)
+    write_conv_config(daemon, channels={"web": webhook_channel("http://127.0.0.1:9/cb")},
+                      bots={"echo": lua_bot("bots.echo")}, **extra)
+    return run_cli(["--check", "-c", str(daemon.config_path)], cwd=daemon.workdir)
+
+
+def test_token_config_mistakes_fail_the_load(daemon):
+    mistakes = [
+        ([{"name": "a", "token": "t1-0123456789", "scopes": ["admin"]}], "api_tokens[1]"),
+        ([{"name": "a", "token": "t1-0123456789", "scopes": []}], "api_tokens[1]"),
+        ([{"name": "a", "token": "t1-0123456789", "scopes": ["read"], "bot": "nobody"}], "api_tokens[1]"),
+        ([{"token": "t1-0123456789", "scopes": ["read"]}], "api_tokens[1].name"),
+        ([{"name": "a", "token": "t1-0123456789", "scopes": ["read"]},
+          {"name": "b", "token": "t1-0123456789", "scopes": ["write"]}], "api_tokens[2]"),
+        ([{"name": "a", "token": API_TOKEN, "scopes": ["read"]}], "api_tokens[1]"),
+        ([{"name": "a", "token": "t1-0123456789", "scopes": ["read"]},
+          {"name": "a", "token": "t2-0123456789", "scopes": ["read"]}], "api_tokens[2].name"),
+    ]
+    for tokens, where in mistakes:
+        res = check_config(daemon, api_tokens=tokens)
+        assert res.returncode == 1, (tokens, res.stdout, res.stderr)
+        assert where in res.stderr, (tokens, res.stderr)
+    res = check_config(daemon, api_tokens=[{"name": "a", "token": "t1-0123456789", "scopes": ["read", "write"],
+                                            "bot": "echo"}])
+    assert res.returncode == 0, res.stderr
 
 
 # --------------------------------------------------------------------------
