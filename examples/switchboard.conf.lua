@@ -13,7 +13,12 @@ return {
 
   -- Bearer tokens. With no admin token, admin endpoints answer 403.
   admin_token = env("SWITCHBOARD_ADMIN_TOKEN"),
-  api_token = env("SWITCHBOARD_API_TOKEN"),
+  api_token = env("SWITCHBOARD_API_TOKEN"),      -- the /v1 API, every scope
+  -- Narrower API tokens (docs/security.md):
+  -- api_tokens = {
+  --   { name = "dashboard", token = env("SWITCHBOARD_DASHBOARD_TOKEN"), scopes = { "read" } },
+  --   { name = "demo-bot", token = env("SWITCHBOARD_DEMO_BOT_TOKEN"), scopes = { "write" }, bot = "demo" },
+  -- },
 
   -- Every *.lua directly inside these folders is loaded, in name order.
   paths = {
@@ -64,6 +69,8 @@ return {
   -- A generic webhook channel answered by the demo bot. Its replies go to
   -- callback_url (nothing listens there out of the box: they wait in the
   -- outbox, retried, and end as dead letters you can list and retry).
+  -- Without SWITCHBOARD_WEB_SECRET its secret is "change-me", which is
+  -- public: the daemon warns about it at every load.
   channels = {
     web = {
       type = "webhook",

@@ -1,22 +1,26 @@
--- JAICP Operator API desk (../shared/providers/platforms.md §5.3): any
--- live-chat server that speaks it, Tovie Agent-style platforms included.
+-- JAICP Operator API desk (the calls and event shapes it relies on are in
+-- docs/handoff.md): any live-chat server that speaks it, Tovie Agent-style
+-- platforms included.
 --
 -- We call the desk at {api_url}: setWebhook (at every load), getDestinations,
 -- selectDestination, sendText, sendFile, closeChat; it posts agent events to
 -- POST /v1/providers/{instance}/operatorapi/{api_key}: TextMessage,
 -- FileMessage, Closed, SelectDestination. The api_key in the path is the
--- only secret (wrong key: 401).
+-- only secret (wrong key, or unknown instance: the same 401). An event may
+-- touch only a conversation in a live chat with this desk (desks.lua).
 --
 -- Instance config (config.desks.<name>):
 --   type = "operator_api", api_url =, api_key =, public_url = (how the desk reaches us),
 --   default_group =, admin_recipient =, inactivity_timeout = 600, group_inactivity = {},
 --   availability_ttl = 5, transfer_message =, history_labels = { client = "Client", bot = "Bot" }
--- Assumptions where the platform facts are unverified (platforms.md §7), each
+-- Assumptions where the platform's documentation says nothing, each
 -- overridable in the instance config:
 --   destinations_path = "getDestinations" (GET); its answer is an array of
 --   {destinationId, name, hasOnline} or {"destinations": [...]}; hasOnline may be
 --   a boolean or "true"/"false". Any 2xx answer to our calls is success.
 operator_api = {}
+
+local v = require("validate")
 
 -- JAICP's own names (apiUrl, apiKey) work as well as api_url, api_key.
 local function api_url(inst) return inst.api_url or inst.apiUrl or "" end
@@ -113,60 +117,68 @@ function operator_api.register(data)
   }
 end
 
+-- The event's employee, checked: { id =, name = } (both optional).
 local function employee_of(e)
-  if type(e) ~= "table" then return {} end
-  local first = type(e.firstName) == "string" and e.firstName or nil
-  local last = type(e.lastName) == "string" and e.lastName or nil
+  if v.is_null(e) then return {} end
+  if not v.is_object(e) then v.invalid("employee", "must be an object") end
+  local first = v.string(e.firstName, "employee.firstName", { max = 256 })
+  local last = v.string(e.lastName, "employee.lastName", { max = 256 })
+  if first == "" then first = nil end
+  if last == "" then last = nil end
   local name = first and (last and first .. " " .. last or first) or last
-  return { id = routing.id_of(e.employeeId), name = name }
+  return { id = v.id(e.employeeId, "employee.employeeId"), name = name }
+end
+
+-- Every field an event type needs, checked before anything is looked up or
+-- written: the desk gets a 422 naming the field, and nothing changes.
+local function check_event(ev)
+  if not v.is_object(ev) then http_error(422, "invalid_field", "the body must be a JSON object") end
+  local e = {
+    type = v.string(ev.type, "type", { required = true, max = 64, nonempty = true }),
+    user = v.id(ev.userId, "userId", true),
+    event_id = v.id(ev.id, "id"),
+  }
+  if e.type == "TextMessage" then
+    e.text = v.text(ev.text, "text", { required = true, nonempty = true })
+    e.employee = employee_of(ev.employee)
+  elseif e.type == "FileMessage" then
+    e.attachments = { {
+      url = v.url(ev.url, "url", true),
+      name = v.string(ev.name, "name", { max = 256 }),
+    } }
+    if e.attachments[1].name == "" then e.attachments[1].name = nil end
+    e.text = v.text(ev.comment, "comment") or ""
+    e.employee = employee_of(ev.employee)
+  elseif e.type == "SelectDestination" then
+    if not v.is_object(ev.destination) then v.invalid("destination", "must be an object") end
+    e.group = v.id(ev.destination.destinationId, "destination.destinationId", true)
+  end
+  return e
 end
 
 function operator_api.webhook(req)
   local name = req.params.instance
   local inst = desks.instance(name)
-  if not inst or inst.type ~= "operator_api" then
-    http_error(404, "unknown_desk", "no operator_api desk named " .. name)
-  end
-  if not api_key(inst) or not secure_equal(req.params.key, api_key(inst)) then
-    http_error(401, "unauthorized", "wrong api key")
-  end
-  local ev = req:json()
-  if type(ev) ~= "table" or type(ev.type) ~= "string" then
-    http_error(422, "invalid_field", "type is required")
-  end
-  local user = routing.id_of(ev.userId)
-  local conv = user and conversations.get(user)
-  if not conv then http_error(404, "not_found", "no conversation for userId") end
-  local event_id = routing.id_of(ev.id)
-  local dedupe = event_id and ("operator_api:" .. name .. ":" .. event_id) or nil
-  -- A repeated event id is answered but not applied again. Messages are
-  -- deduplicated with the message store's key; other events here.
-  if dedupe and ev.type ~= "TextMessage" and ev.type ~= "FileMessage" then
-    if state.get(dedupe) then return 200, { ok = true, duplicate = true } end
-    state.set(dedupe, true, 86400)
-  end
+  local key = inst and inst.type == "operator_api" and api_key(inst) or nil
+  channels.authenticate(req.params.key, key, "api key")
+  local e = check_event(req:json())
 
-  if ev.type == "TextMessage" then
-    if type(ev.text) ~= "string" or utf8.len(ev.text) == nil then
-      http_error(422, "invalid_field", "text must be a UTF-8 string")
-    end
-    desks.agent_message(conv, { text = ev.text, employee = employee_of(ev.employee), dedupe_key = dedupe })
-  elseif ev.type == "FileMessage" then
-    if type(ev.url) ~= "string" then http_error(422, "invalid_field", "url must be a string") end
-    desks.agent_message(conv, {
-      text = type(ev.comment) == "string" and ev.comment or "",
-      attachments = { { url = ev.url, name = type(ev.name) == "string" and ev.name or nil } },
-      employee = employee_of(ev.employee), dedupe_key = dedupe,
+  -- desks.* act only on a conversation in a live chat with this desk (404 otherwise)
+  local result
+  if e.type == "TextMessage" or e.type == "FileMessage" then
+    result = desks.agent_message(name, e.user, {
+      text = e.text, attachments = e.attachments, employee = e.employee, event_id = e.event_id,
     })
-  elseif ev.type == "Closed" then
-    desks.agent_closed(conv)
-  elseif ev.type == "SelectDestination" then
-    local d = type(ev.destination) == "table" and routing.id_of(ev.destination.destinationId)
-    if not d then http_error(422, "invalid_field", "destination.destinationId is required") end
-    desks.group_changed(conv, d)
+  elseif e.type == "Closed" then
+    result = desks.agent_closed(name, e.user, { event_id = e.event_id })
+  elseif e.type == "SelectDestination" then
+    result = desks.group_changed(name, e.user, e.group, { event_id = e.event_id })
   else
-    conv:journal("desk_event_ignored", { desk = name, type = ev.type })
+    -- a type this adapter does not know touches nothing
+    log.info("operator_api event ignored", { desk = name, type = e.type })
+    return 200, { ok = true, ignored = true }
   end
+  if result.duplicate then return 200, { ok = true, duplicate = true } end
   return 200, { ok = true }
 end
 

@@ -1,4 +1,4 @@
--- Telegram Bot API channel (subset: ../shared/providers/platforms.md §6).
+-- Telegram Bot API channel (the subset it uses: docs/conversations.md).
 --   in:  POST /v1/channels/{instance}/telegram, the Update as Telegram posts
 --        it to a webhook; X-Telegram-Bot-Api-Secret-Token must equal the
 --        instance's secret_token.
@@ -13,7 +13,12 @@ local function method_url(inst, method)
   return (inst.api_base or "https://api.telegram.org") .. "/bot" .. inst.token .. "/" .. method
 end
 
-local function str(v) return type(v) == "string" and v or nil end
+-- A string we can store: valid UTF-8 without NUL (the store refuses NUL).
+-- Anything else counts as absent.
+local function str(v)
+  if type(v) ~= "string" or utf8.len(v) == nil or v:find("\0", 1, true) then return nil end
+  return v
+end
 
 local function profile_of(from)
   if type(from) ~= "table" then return nil end
@@ -34,20 +39,22 @@ end
 local function chat_id_of(v)
   local i = int_of(v)
   if i then return string.format("%d", i) end
-  if type(v) == "string" and v ~= "" then return v end
+  v = str(v)
+  if v and v ~= "" and #v <= 128 then return v end
   return nil
 end
+
+-- Updates we do not handle, and those we cannot store (a text with a NUL
+-- character, invalid UTF-8), are acknowledged with 200: Telegram repeats an
+-- update for as long as it gets anything else, and no repeat would succeed.
+local IGNORED = { ok = true, ignored = true }
 
 function telegram.receive(req)
   local name = req.params.instance
   local inst = channels.instance(name)
-  if not inst or inst.type ~= "telegram" then
-    http_error(404, "unknown_channel", "no telegram channel named " .. name)
-  end
-  local given = req.headers["x-telegram-bot-api-secret-token"]
-  if not inst.secret_token or not given or not secure_equal(given, inst.secret_token) then
-    http_error(401, "unauthorized", "missing or wrong X-Telegram-Bot-Api-Secret-Token")
-  end
+  local secret = inst and inst.type == "telegram" and inst.secret_token or nil
+  channels.authenticate(req.headers["x-telegram-bot-api-secret-token"], secret,
+                        "X-Telegram-Bot-Api-Secret-Token")
   local u = req:json()
   local update_id = type(u) == "table" and int_of(u.update_id)
   if not update_id then
@@ -58,8 +65,8 @@ function telegram.receive(req)
   if type(u.message) == "table" and type(u.message.chat) == "table" then
     local m = u.message
     local client_id = chat_id_of(m.chat.id)
-    if not client_id or type(m.text) ~= "string" or utf8.len(m.text) == nil then
-      return 200, { ok = true, ignored = true }      -- stickers, photos, ...: not handled yet
+    if not client_id or not str(m.text) then
+      return 200, IGNORED      -- stickers, photos, ...: not handled yet
     end
     flow.client_message(name, client_id, {
       text = m.text, client = profile_of(m.from), dedupe_key = key,
@@ -70,8 +77,8 @@ function telegram.receive(req)
     local chat = type(q.message) == "table" and type(q.message.chat) == "table" and q.message.chat.id
                  or (type(q.from) == "table" and q.from.id)
     local client_id = chat_id_of(chat)
-    if not client_id or type(q.data) ~= "string" or utf8.len(q.data) == nil then
-      return 200, { ok = true, ignored = true }
+    if not client_id or not str(q.data) then
+      return 200, IGNORED
     end
     local conv, msg = flow.client_message(name, client_id, {
       text = q.data, client = profile_of(q.from), dedupe_key = key,

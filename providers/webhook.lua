@@ -6,44 +6,36 @@
 -- Schema and errors: docs/conversations.md.
 webhook = {}
 
+local v = require("validate")
+
 local MAX_ID = 256
 local MAX_CUSTOM_FIELDS = 50
 local MAX_ATTACHMENTS = 20
 
-local function invalid(field, what)
-  http_error(422, "invalid_field", field .. " " .. what)
-end
+local invalid, is_null = v.invalid, v.is_null
 
-local function is_null(v) return v == nil or v == json.null end
-
-local function check_string(v, field, max, required)
-  if is_null(v) then
-    if required then invalid(field, "is required") end
-    return nil
-  end
-  if type(v) ~= "string" then invalid(field, "must be a string") end
-  if utf8.len(v) == nil then http_error(400, "invalid_utf8", field .. " is not valid UTF-8") end
-  if max and #v > max then invalid(field, "is longer than " .. max .. " bytes") end
-  return v
+-- Clients of this channel have been told: invalid UTF-8 is 400 invalid_utf8.
+local function check_string(x, field, max, required)
+  return v.string(x, field, { max = max, required = required, utf8_status = 400 })
 end
 
 -- The client profile: known string fields, and custom = {key = {value=, label=}}.
 local function check_profile(p)
   if is_null(p) then return nil end
-  if type(p) ~= "table" or p[1] ~= nil then invalid("client", "must be an object") end
+  if not v.is_object(p) then invalid("client", "must be an object") end
   local out = {}
-  for k, v in pairs(p) do
+  for k, val in pairs(p) do
     if type(k) ~= "string" or not flow.profile_fields[k] then
       invalid("client." .. tostring(k), "is not a known profile field")
     end
     if k == "custom" then
-      if type(v) ~= "table" or v[1] ~= nil then invalid("client.custom", "must be an object") end
+      if not v.is_object(val) then invalid("client.custom", "must be an object") end
       local custom, count = {}, 0
-      for ck, cv in pairs(v) do
+      for ck, cv in pairs(val) do
         count = count + 1
         if count > MAX_CUSTOM_FIELDS then invalid("client.custom", "has more than " .. MAX_CUSTOM_FIELDS .. " fields") end
-        if type(ck) ~= "string" or #ck > 64 or utf8.len(ck) == nil then
-          invalid("client.custom", "keys must be UTF-8 strings of at most 64 bytes")
+        if type(ck) ~= "string" or #ck > 64 or utf8.len(ck) == nil or ck:find("\0", 1, true) then
+          invalid("client.custom", "keys must be UTF-8 strings of at most 64 bytes without NUL")
         end
         if type(cv) ~= "table" then cv = { value = cv } end
         local value = cv.value
@@ -55,7 +47,7 @@ local function check_profile(p)
       end
       out.custom = custom
     else
-      out[k] = check_string(v, "client." .. k, 1024)
+      out[k] = check_string(val, "client." .. k, 1024)
     end
   end
   return out
@@ -63,15 +55,17 @@ end
 
 local function check_attachments(a)
   if is_null(a) then return nil end
-  if type(a) ~= "table" then invalid("attachments", "must be an array") end
+  if not v.is_array(a) then invalid("attachments", "must be an array") end
   if #a > MAX_ATTACHMENTS then invalid("attachments", "has more than " .. MAX_ATTACHMENTS .. " items") end
   local out = {}
   for i, item in ipairs(a) do
-    if type(item) ~= "table" then invalid("attachments[" .. i .. "]", "must be an object") end
+    local f = "attachments[" .. i .. "]"
+    if not v.is_object(item) then invalid(f, "must be an object") end
+    check_string(item.url, f .. ".url", 2048, true)
     out[i] = {
-      url = check_string(item.url, "attachments[" .. i .. "].url", 2048, true),
-      name = check_string(item.name, "attachments[" .. i .. "].name", 256),
-      type = check_string(item.type, "attachments[" .. i .. "].type", 64),
+      url = v.url(item.url, f .. ".url", true),
+      name = check_string(item.name, f .. ".name", 256),
+      type = check_string(item.type, f .. ".type", 64),
     }
   end
   return #out > 0 and out or nil
@@ -80,28 +74,27 @@ end
 function webhook.receive(req)
   local name = req.params.instance
   local inst = channels.instance(name)
-  if not inst or inst.type ~= "webhook" then
-    http_error(404, "unknown_channel", "no webhook channel named " .. name)
-  end
-  channels.require_bearer(req, inst.secret, "channel secret")
+  local secret = inst and inst.type == "webhook" and inst.secret or nil
+  channels.authenticate(channels.bearer(req), secret, "channel secret")
   local body = req:json()
-  if type(body) ~= "table" or body[1] ~= nil then
+  if not v.is_object(body) then
     http_error(422, "invalid_field", "the body must be a JSON object")
   end
-  local max_text = (config.conversations and config.conversations.max_text_bytes) or 4096
   local client_id = check_string(body.client_id, "client_id", MAX_ID, true)
   if client_id == "" then invalid("client_id", "must not be empty") end
-  local text = check_string(body.text, "text", nil, true)
-  if #text > max_text then
-    http_error(413, "text_too_long", "text is longer than " .. max_text .. " bytes")
-  end
+  local text = v.text(body.text, "text", { required = true, utf8_status = 400, too_long = { 413, "text_too_long" } })
   local attachments = check_attachments(body.attachments)
   if text == "" and not attachments then invalid("text", "must not be empty") end
   local message_id = check_string(body.message_id, "message_id", 128)
+  if message_id == "" then invalid("message_id", "must not be empty") end
   local profile = check_profile(body.client)
 
   local conv, m = flow.client_message(name, client_id, {
-    text = text, attachments = attachments, client = profile, dedupe_key = message_id,
+    text = text, attachments = attachments, client = profile,
+    -- the channel's keys share the conversation store's dedupe space with
+    -- the desks' event ids (desks.lua): the prefix keeps a client from
+    -- claiming an agent's message in advance
+    dedupe_key = message_id and ("client:" .. message_id) or nil,
   })
   local out = { conversation_id = conv.id, message_id = m.id }
   if m.duplicate then out.duplicate = true end

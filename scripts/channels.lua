@@ -32,7 +32,25 @@ function channels.send(conv, message)
   adapter.send(conv.channel, inst, conv, message)
 end
 
--- Bearer token check shared by adapters and the API. Raises 401/403.
+-- Checks a webhook's credential. `expected` is nil for an unknown instance
+-- (or one of another type, or one without a secret): it gets the very same
+-- 401 as a wrong secret, after a comparison of the same cost, so that
+-- instance names cannot be found out by asking. `what` names the credential
+-- in the message and must not depend on the instance.
+local STAND_IN = "switchboard: no such instance, compared so that it costs the same time"
+function channels.authenticate(given, expected, what)
+  local ok = secure_equal(type(given) == "string" and given or "", expected or STAND_IN)
+  if not ok or not expected then
+    http_error(401, "unauthorized", "missing or wrong " .. what)
+  end
+end
+
+-- The token of an `Authorization: Bearer <token>` header, or nil.
+function channels.bearer(req)
+  return (req.headers.authorization or ""):match("^[Bb]earer%s+(.+)$")
+end
+
+-- Bearer token check for a script's own routes. Raises 401/403.
 function channels.require_bearer(req, expected, what)
   if not expected then
     http_error(403, "forbidden", "no " .. what .. " is configured")
@@ -40,5 +58,22 @@ function channels.require_bearer(req, expected, what)
   local token = (req.headers.authorization or ""):match("^[Bb]earer%s+(.+)$")
   if not token or not secure_equal(token, expected) then
     http_error(401, "unauthorized", "missing or wrong " .. what)
+  end
+end
+
+-- The example config's channel secret is public: say so at every load
+-- while a channel still uses it. A webhook channel without a secret takes
+-- nothing (every request is 401): say that too.
+local EXAMPLE_SECRET = "change-me"
+for name, inst in pairs(config.channels or {}) do
+  if type(inst) == "table" then
+    if inst.secret == EXAMPLE_SECRET or inst.secret_token == EXAMPLE_SECRET then
+      log.warn("channel uses the example's default secret: anyone can post as its clients; set a secret of your own",
+               { channel = name })
+    elseif inst.type == "webhook" and (inst.secret == nil or inst.secret == "") then
+      log.warn("webhook channel has no secret: every request to it is refused", { channel = name })
+    elseif inst.type == "telegram" and (inst.secret_token == nil or inst.secret_token == "") then
+      log.warn("telegram channel has no secret_token: every update is refused", { channel = name })
+    end
   end
 end

@@ -6,9 +6,35 @@
 --                                                --       hidden_attributes, custom_data, theme
 --   adapter.send_client_message(name, inst, conv, message)
 --   adapter.close(name, inst, conv, text)        -- the engine or the client ended the chat
--- and calls desks.agent_message / desks.agent_closed / desks.group_changed for
--- what the desk's webhooks report.
+--   adapter.one_time(name, inst, conv, group, opts)   -- optional; default: open, then close
+-- and reports what the desk's webhooks say with desks.agent_message,
+-- desks.agent_closed and desks.group_changed. Those take the desk instance
+-- name and act only on a conversation in a live chat with that instance
+-- (docs/handoff.md, "What a desk may touch").
 desks = adapter_registry("desks")
+
+local v = require("validate")
+
+-- default_desk must name a desk: a typo would otherwise show up only when
+-- a bot asks for availability.
+if config.default_desk ~= nil then
+  if type(config.default_desk) ~= "string" or not (config.desks and config.desks[config.default_desk]) then
+    error("default_desk: no desk named " .. tostring(config.default_desk) .. " in desks")
+  end
+end
+
+-- The desk used when none is named: default_desk, else the only desk
+-- configured. Returns nil and why when that does not tell.
+function desks.default()
+  if config.default_desk then return config.default_desk end
+  local only, n = nil, 0
+  for name in pairs(config.desks or {}) do
+    only, n = name, n + 1
+  end
+  if n == 1 then return only end
+  if n == 0 then return nil, "no desk is configured" end
+  return nil, "several desks are configured and default_desk is not set: name the desk"
+end
 
 -- The desk a channel hands conversations to: name, config, adapter.
 function desks.for_channel(channel)
@@ -33,12 +59,15 @@ function desks.has_online(name, group)
   return d ~= nil and d.online == true
 end
 
--- JAICP's hasOperatorsOnline(); the desk defaults to the first configured one.
+-- JAICP's hasOperatorsOnline(); the desk defaults to desks.default(). A
+-- config that does not say which desk is an error, not "nobody online".
 function hasOperatorsOnline(group, desk)
-  if not desk and config.desks then
-    for name in pairs(config.desks) do desk = name break end
+  if desk == nil then
+    local why
+    desk, why = desks.default()
+    if not desk then error("hasOperatorsOnline: " .. why, 2) end
   end
-  return desk ~= nil and desks.has_online(desk, group)
+  return desks.has_online(desk, group)
 end
 
 local function call(name, fn, ...)
@@ -53,6 +82,19 @@ end
 
 function desks.open(name, conv, group, opts) return call(name, "open", conv, group, opts) end
 function desks.close(name, conv, text) return call(name, "close", conv, text) end
+
+-- A one-time message (oneTimeMessage): the desk gets it in a session that
+-- is closed at once, so that no desk session stays open while the bot has
+-- the conversation; what an agent answers there is refused (below).
+desks.ONE_TIME_CLOSE_TEXT = "One-time message from the bot: no live chat follows"
+function desks.one_time(name, conv, group, opts)
+  local adapter, inst = desks.resolve(name)
+  if adapter and adapter.one_time then
+    adapter.one_time(name, inst, conv, group, opts)
+    return true
+  end
+  return call(name, "open", conv, group, opts) and call(name, "close", conv, desks.ONE_TIME_CLOSE_TEXT)
+end
 
 -- Lower case for the scripts close phrases are usually written in: ASCII,
 -- Latin-1, Latin Extended-A, Greek and Cyrillic (string.lower knows ASCII only).
@@ -102,13 +144,67 @@ function desks.client_message(conv, m)
   call(lc.desk, "send_client_message", conv, m)
 end
 
--- An agent's message from the desk: the first one makes a queued chat the agent's.
--- msg = { text =, attachments =, employee = { id =, name = }, dedupe_key = }
-function desks.agent_message(conv, msg)
+-- What a desk may touch: only a conversation in a live chat with that desk
+-- instance (queued or agent, data.livechat.desk == name). The one answer
+-- for "no such conversation" and "not yours" is 404, so a desk cannot probe
+-- conversation ids. Nothing is written before this check passed.
+function desks.live_chat(name, conversation_id)
+  local conv = type(conversation_id) == "string" and conversations.get(conversation_id) or nil
+  if not conv or (conv.state ~= "queued" and conv.state ~= "agent") then return nil end
+  local lc = conv.data.livechat
+  if not lc or lc.desk ~= name then return nil end
+  return conv
+end
+
+local function refuse()
+  http_error(404, "not_found", "no live chat with this desk for this conversation")
+end
+
+-- A desk event carries an id; a repeat of one already applied to this
+-- conversation is answered again without being applied, also after the
+-- chat ended (the desk may not have seen our first answer).
+local function message_key(name, event_id)
+  return event_id and ("desk:" .. name .. ":" .. event_id) or nil
+end
+local function event_state_key(name, event_id)
+  return event_id and ("desk_event:" .. name .. ":" .. event_id) or nil
+end
+local function dedupe_window()
+  return (config.conversations and config.conversations.dedupe_window) or 86400
+end
+
+local function applied_event(name, conversation_id, event_id)
+  local key = event_state_key(name, event_id)
+  return key ~= nil and type(conversation_id) == "string" and state.get(key) == conversation_id
+end
+
+local function remember_event(name, conv, event_id)
+  local key = event_state_key(name, event_id)
+  if key then state.set(key, conv.id, dedupe_window()) end
+end
+
+-- An agent's message from desk `name`; the first one makes a queued chat the agent's.
+-- msg = { text =, attachments = { {url, name?, type?} }, employee = { id =, name = }, event_id = }
+-- Returns the stored message ({id, duplicate = true} for a repeated event id).
+function desks.agent_message(name, conversation_id, msg)
+  local key = message_key(name, msg.event_id)
+  local known = type(conversation_id) == "string" and conversations.get(conversation_id) or nil
+  if known and key then
+    local mid = known:seen(key)
+    if mid then return { id = mid, duplicate = true } end
+  end
+  local conv = desks.live_chat(name, conversation_id)
+  if not conv then refuse() end
+  -- adapters check their fields; this guards a client against one that does not
+  for i, a in ipairs(msg.attachments or {}) do
+    if not (type(a) == "table" and v.http_url(a.url)) then
+      http_error(422, "invalid_field", "attachments[" .. i .. "].url must be an http:// or https:// URL")
+    end
+  end
   local employee = msg.employee or {}
   local m = conv:append{
     author = { kind = "agent", name = employee.name, id = employee.id },
-    text = msg.text or "", attachments = msg.attachments, dedupe_key = msg.dedupe_key,
+    text = msg.text or "", attachments = msg.attachments, dedupe_key = key,
   }
   if m.duplicate then return m end
   if conv.state == "queued" then
@@ -117,22 +213,33 @@ function desks.agent_message(conv, msg)
   if employee.name or employee.id then
     conv:set{ agent = employee.name or employee.id }
   end
-  if conv.data.livechat then livechat.touch(conv) end
+  livechat.touch(conv)
   channels.send(conv, m)
   return m
 end
 
--- The agent ended the chat on the desk.
-function desks.agent_closed(conv)
+-- The agent ended the chat on desk `name`. opts = { event_id = }.
+-- Returns { duplicate = true } for a repeated event id, else {}.
+function desks.agent_closed(name, conversation_id, opts)
+  opts = opts or {}
+  if applied_event(name, conversation_id, opts.event_id) then return { duplicate = true } end
+  local conv = desks.live_chat(name, conversation_id)
+  if not conv then refuse() end
+  remember_event(name, conv, opts.event_id)
   livechat.finish(conv, "agent")
+  return {}
 end
 
--- The desk moved the chat to another group.
-function desks.group_changed(conv, group)
+-- Desk `name` moved the chat to another group. opts = { event_id = }.
+function desks.group_changed(name, conversation_id, group, opts)
+  opts = opts or {}
+  if applied_event(name, conversation_id, opts.event_id) then return { duplicate = true } end
+  local conv = desks.live_chat(name, conversation_id)
+  if not conv then refuse() end
+  remember_event(name, conv, opts.event_id)
   conv:set{ group = group }
   local data = conv.data
-  if data.livechat then
-    data.livechat.group = group
-    conv:set{ data = data }
-  end
+  data.livechat.group = group
+  conv:set{ data = data }
+  return {}
 end

@@ -121,6 +121,19 @@ end
 -- Carries out a plan after the bot's messages went out.
 function livechat.execute(conv, plan, bot_name)
   local sw = plan.sw
+  -- Planning asked the desk (an HTTP call that yields), and meanwhile
+  -- another reply path may have switched: this switch was meant for a
+  -- conversation the bot has, and carrying it out would open a second desk
+  -- session and overwrite the live chat's data.
+  if conv.state ~= "bot" then
+    conv:journal("switch_skipped", {
+      action = plan.action, desk = plan.desk, group = plan.group, bot = bot_name, state = conv.state,
+      reason = "the conversation is no longer with the bot",
+    })
+    log.info("switch skipped: the conversation is no longer with the bot",
+             { conversation = conv.id, state = conv.state })
+    return
+  end
   conv:journal("switch", {
     action = plan.action, desk = plan.desk, group = plan.group, rule = plan.rule,
     reason = plan.reason, destination = sw.destination, bot = bot_name, theme = sw.theme,
@@ -141,7 +154,7 @@ function livechat.execute(conv, plan, bot_name)
     custom_data = sw.custom_data, theme = sw.theme,
   }
   if plan.action == "one_time" then
-    desks.open(plan.desk, conv, plan.group, opts)
+    desks.one_time(plan.desk, conv, plan.group, opts)
     return
   end
   local data = conv.data

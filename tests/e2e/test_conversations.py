@@ -237,8 +237,9 @@ def test_channel_auth(fakes, daemon):
     assert_json_error(api.post_message(body, secret="wrong"), 401, "unauthorized")
     assert_json_error(api.post_message(body, secret=None, headers={"Authorization": f"Basic {WEB_SECRET}"}), 401)
     assert_json_error(api.post_message(body, secret=None, headers={"Authorization": f"Bearer {WEB_SECRET}x"}), 401)
-    assert_json_error(api.post_message(body, instance="nope"), 404, "unknown_channel")
-    assert_json_error(api.post_message(body, instance="nope", secret=None), 404, "unknown_channel")
+    # an unknown instance looks like a wrong secret (docs/security.md)
+    assert_json_error(api.post_message(body, instance="nope"), 401, "unauthorized")
+    assert_json_error(api.post_message(body, instance="nope", secret=None), 401, "unauthorized")
     settle(0.3)
     assert no_conversations(api)
     assert bot.snapshot() == []

@@ -1,5 +1,5 @@
-"""Every row of README's error table that the core produces itself, checked
-against what the server answers. The table is read from README.md, so a row
+"""Every row of README's error table, checked against what the server
+answers (rows the engine's own scripts produce run with them installed). The table is read from README.md, so a row
 added there without a case here (or the other way round) fails."""
 
 import http.client
@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from conftest import REPO_ROOT, Response, assert_json_error, wait_until
+from convkit import install_lua_tree
 
 SCRIPT = """
 function upload(req) return 200, { size = #req.body } end
@@ -109,6 +110,15 @@ CASES = {
     (503, "shutting_down"): [("keep-alive", shutting_down, {"lua": {"job_timeout": 10}}, None)],
     (503, "store_unavailable"): [("file-size-limit", lambda d: d.post("/big"), {}, no_file_growth)],
     (504, "job_timeout"): [("sleep", lambda d: d.get("/nap"), {}, None)],
+    # produced by the engine's scripts (scripts/api.lua, providers/webhook.lua)
+    (403, "insufficient_scope"): [("read-token-ends-a-chat", lambda d: d.post(
+        "/v1/conversations/00000000000000000000/end", headers={"Authorization": "Bearer read-only"}),
+        {"_engine": True, "api_tokens": [{"name": "ro", "token": "read-only", "scopes": ["read"]}]}, None)],
+    (422, "invalid_field"): [("client-id-not-a-string", lambda d: d.post(
+        "/v1/channels/web/messages", body='{"client_id": 5, "text": "x"}',
+        headers={"Authorization": "Bearer web-secret", "Content-Type": "application/json"}),
+        {"_engine": True, "channels": {"web": {"type": "webhook", "secret": "web-secret",
+                                               "callback_url": "http://127.0.0.1:9/cb"}}}, None)],
 }
 
 
@@ -140,6 +150,9 @@ def test_readme_error_table_and_cases_list_the_same_rows():
     ],
 )
 def test_error_table_row(daemon, status, code, run, overrides, preexec):
+    overrides = dict(overrides)
+    if overrides.pop("_engine", False):
+        install_lua_tree(daemon)
     cfg = {**CONFIG, **overrides}
     if "lua" in overrides:
         cfg["lua"] = {**CONFIG["lua"], **overrides["lua"]}

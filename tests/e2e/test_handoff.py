@@ -207,6 +207,9 @@ class Env:
         conv_id = self.chat(client_id, "hi", client=client)
         self.send(client_id, trigger, client=client)
         self.desk.wait_calls("selectDestination", 1, conv_id)
+        # the desk has the first message before an agent acts (a Closed
+        # event before it would make the desk refuse that sendText)
+        self.desk.wait_text(conv_id, fields.get("firstMessage", trigger))
         self.wait_state(conv_id, "queued")
         self.agent_says(conv_id, "Hello, I am Olga. How can I help?")
         self.wait_state(conv_id, "agent")
@@ -703,7 +706,7 @@ def test_different_switches_open_chat_on_each_group(handoff):
     conv_id = env.chat("c-1", "hi")
 
     env.send("c-1", "sales please")
-    env.desk.wait_calls("selectDestination", 1, conv_id)
+    env.desk.wait_text(conv_id, "sales please")
     env.agent_says(conv_id, "Sales here")
     env.desk.agent_closed(conv_id)
     env.wait_callback_text(conv_id, "bye sales")
@@ -839,8 +842,9 @@ def test_one_time_message(handoff):
     env.send("c-1", "tell them")
     env.wait_callback_text(conv_id, "I passed it on.")
     env.desk.wait_text(conv_id, "FYI: the client asks about refunds")
+    env.desk.wait_calls("closeChat", 1, conv_id)  # the one-time session is closed at once
     ops = env.desk.ops(conv_id)
-    assert [op for op, _ in ops] == ["selectDestination", "sendText"], ops
+    assert [op for op, _ in ops] == ["selectDestination", "sendText", "closeChat"], ops
     assert ops[0][1]["destinationId"] == "15"
     assert env.conv(conv_id)["state"] == "bot"
     # the bot keeps the conversation

@@ -162,11 +162,11 @@ def test_wrong_or_missing_secret_token_is_401(fakes, daemon):
     tg.wait_for_sent(1, text="you said: intruder")
 
 
-def test_unknown_instance_is_404(fakes, daemon):
+def test_unknown_instance_is_401_like_a_wrong_secret(fakes, daemon):
     api, tg = setup_tg(daemon, fakes)
     resp = daemon.post("/v1/channels/nope/telegram", json.dumps(tg_text_update("x")),
                        headers={"Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": TG_SECRET})
-    assert_json_error(resp, 404)
+    assert_json_error(resp, 401, "unauthorized")
 
 
 def test_buttons_become_inline_keyboard(fakes, daemon):
