@@ -103,6 +103,10 @@ function operator_api.close(name, inst, conv, text)
 end
 
 -- setWebhook at every load (idempotent on the desk's side), through the outbox.
+-- setWebhook at every load (idempotent on the desk's side). The body holds
+-- our webhook URL with the api_key in it: it is sent with http.request,
+-- never stored, and retried from a timer (1, 2, 4 ... 300 s) until the desk
+-- takes it.
 function operator_api.register(data)
   local inst = desks.instance(data.desk)
   if not inst or inst.type ~= "operator_api" then return end
@@ -110,11 +114,23 @@ function operator_api.register(data)
     log.warn("operator_api desk has no public_url or api_key: setWebhook skipped", { desk = data.desk })
     return
   end
-  outbox.send{
-    target = "desk:" .. data.desk, lane = "desk:" .. data.desk .. ":setup",
-    url = url(inst, "setWebhook"),
-    body = { url = inst.public_url:gsub("/+$", "") .. "/v1/providers/" .. data.desk .. "/operatorapi/" .. api_key(inst) },
+  local status, _, body_or_err = http.request{
+    method = "POST", url = url(inst, "setWebhook"), timeout = 10,
+    headers = { ["Content-Type"] = "application/json" },
+    body = json.encode{ url = inst.public_url:gsub("/+$", "") .. "/v1/providers/" .. data.desk .. "/operatorapi/"
+                              .. api_key(inst) },
   }
+  if status and status >= 200 and status < 300 then
+    log.info("operator_api setWebhook done", { desk = data.desk })
+    return
+  end
+  local attempt = (data.attempt or 0) + 1
+  local delay = math.min(300, 2 ^ (attempt - 1))
+  log.warn("operator_api setWebhook failed: trying again", {
+    desk = data.desk, status = status and tostring(status) or "error",
+    error = status and nil or tostring(body_or_err), retry_in = delay,
+  })
+  timer.after(delay, "operator_api.register", { desk = data.desk, attempt = attempt })
 end
 
 -- The event's employee, checked: { id =, name = } (both optional).

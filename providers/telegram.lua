@@ -9,8 +9,9 @@ telegram = {}
 
 local MAX_TEXT = 4096   -- characters per sendMessage
 
-local function method_url(inst, method)
-  return (inst.api_base or "https://api.telegram.org") .. "/bot" .. inst.token .. "/" .. method
+-- The token stays out of the stored call: the outbox fills it in.
+local function method_url(name, inst, method)
+  return (inst.api_base or "https://api.telegram.org") .. "/bot" .. secret_ref("channels", name, "token") .. "/" .. method
 end
 
 -- A string we can store: valid UTF-8 without NUL (the store refuses NUL).
@@ -85,7 +86,7 @@ function telegram.receive(req)
     })
     if not msg.duplicate and type(q.id) == "string" then
       outbox.send{
-        conversation = conv, target = name, url = method_url(inst, "answerCallbackQuery"),
+        conversation = conv, target = name, url = method_url(name, inst, "answerCallbackQuery"),
         body = { callback_query_id = q.id },
       }
     end
@@ -140,7 +141,7 @@ function telegram.send(name, inst, conv, m)
       body.reply_markup = { inline_keyboard = rows }
     end
     outbox.send{
-      conversation = conv, target = name, url = method_url(inst, "sendMessage"), body = body,
+      conversation = conv, target = name, url = method_url(name, inst, "sendMessage"), body = body,
       on_result = "telegram.on_sent", context = { conversation = conv.id, message = m.id },
     }
   end

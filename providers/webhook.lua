@@ -110,7 +110,7 @@ function webhook.send(name, inst, conv, m)
   if m.buttons and #m.buttons > 0 then message.buttons = m.buttons end
   if m.attachments and #m.attachments > 0 then message.attachments = m.attachments end
   local headers = {}
-  if inst.callback_secret then headers.Authorization = "Bearer " .. inst.callback_secret end
+  if inst.callback_secret then headers.Authorization = "Bearer " .. secret_ref("channels", name, "callback_secret") end
   outbox.send{
     conversation = conv, target = name, url = inst.callback_url, headers = headers,
     body = { conversation_id = conv.id, client_id = conv.client_id, message = message },

@@ -16,7 +16,7 @@ end
 local function call_bot(conv, name, bot, body, lua_handler, lua_data)
   if bot.type == "http" then
     local headers = {}
-    if bot.secret then headers.Authorization = "Bearer " .. bot.secret end
+    if bot.secret then headers.Authorization = "Bearer " .. secret_ref("bots", name, "secret") end
     body.conversation_id, body.client_id, body.channel = conv.id, conv.client_id, conv.channel
     body.client = conv.client
     outbox.send{
