@@ -47,6 +47,7 @@ static struct sb_overrides overrides;
 static unsigned generation;
 static double stop_deadline;
 static double jobs_drained_at;
+static int grace_over;
 static struct event *drain_ev;
 static struct event *sweep_ev;
 static unsigned long long reloads_ok, reloads_failed;
@@ -174,7 +175,7 @@ static void drain_check(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     (void)arg;
-    if (sb_jobs_in_flight() == 0) {
+    if (sb_jobs_in_flight() == 0 && (grace_over || sb_outbox_counters()->in_flight == 0)) {
         if (jobs_drained_at == 0)
             jobs_drained_at = now;
         if (sb_server_requests_open() == 0 || now - jobs_drained_at > FLUSH_GRACE) {
@@ -182,9 +183,13 @@ static void drain_check(evutil_socket_t fd, short what, void *arg)
             return;
         }
     } else if (now > stop_deadline) {
-        char n[24];
+        char n[24], d[24];
         snprintf(n, sizeof n, "%zu", sb_jobs_in_flight());
-        sb_log(SB_LOG_WARN, "shutdown grace over: stopping remaining jobs", "jobs", n, NULL);
+        snprintf(d, sizeof d, "%zu", sb_outbox_counters()->in_flight);
+        sb_log(SB_LOG_WARN, "shutdown grace over: stopping remaining jobs and deliveries", "jobs", n,
+               "deliveries", d, NULL);
+        grace_over = 1;
+        sb_outbox_stop();
         sb_jobs_abort_all();
     }
     evtimer_add(drain_ev, &tv);

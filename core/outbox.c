@@ -642,10 +642,19 @@ static void cancel_node(const void *node, VISIT which, void *closure)
     evtimer_del(lane->timer);
 }
 
+static void stop_timer_node(const void *node, VISIT which, void *closure)
+{
+    (void)closure;
+    if (which == postorder || which == leaf)
+        evtimer_del((*(struct ob_lane *const *)node)->timer);
+}
+
 void sb_outbox_pause(void)
 {
+    /* Calls in flight may finish during the grace period and record their
+     * outcome: cancelled, they would be made again after the restart. */
     paused = 1;
-    twalk_r(lanes, cancel_node, NULL);
+    twalk_r(lanes, stop_timer_node, NULL);
 }
 
 void sb_outbox_stop(void)

@@ -81,11 +81,12 @@ void sb_outbox_set_secret_resolver(sb_outbox_secret_fn fn);
 int sb_outbox_load(void);
 /* Starts delivering what was loaded (once a runtime exists). */
 void sb_outbox_start(void);
-/* Graceful stop, step 1: no new attempts; HTTP attempts in flight are
- * cancelled (entries stay pending in the store); running jobs finish and
- * their outcome is recorded. */
+/* Graceful stop, step 1: no new attempts; attempts in flight (HTTP calls
+ * and jobs) finish and their outcome is recorded. */
 void sb_outbox_pause(void);
-/* Final stop: outcomes arriving from now on are not recorded. */
+/* Final stop: HTTP attempts still in flight are cancelled (their entries
+ * stay pending in the store; the idempotency key covers a repeat after the
+ * restart); outcomes arriving from now on are not recorded. */
 void sb_outbox_stop(void);
 void sb_outbox_free_all(void);
 /* Retention of delivered entries and dead letters (periodic). */

@@ -322,3 +322,15 @@ def test_dead_letter_requeue_once_and_with_a_fresh_age(fakes, daemon):
     settle(1.0)
     assert cb.accepted_texts() == ["you said: hi"]
     assert api.dead_all() == []
+
+
+def test_a_delivery_in_flight_at_sigterm_finishes_and_is_not_made_again(fakes, daemon):
+    """Deliveries in flight were cancelled at SIGTERM and made again after
+    the restart: the receiver got them twice."""
+    cb = fakes.callback().stall_first(1, 1.0, status=200)
+    api = setup_echo_daemon(daemon, cb)
+    api.send("c-term", "hello")
+    wait_until(lambda: len(cb.snapshot()) >= 1, message="the delivery under way")
+    daemon.restart(signal.SIGTERM)
+    settle(1.5)
+    assert cb.accepted_texts() == ["you said: hello"]
