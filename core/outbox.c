@@ -359,7 +359,11 @@ static void delivered_undo(void *data)
     struct ob_lane *lane = e->lane;
     ob_counters.delivered--;
     ob_counters.pending++;
+    ob_counters.retried++;
     lane->uncommitted--;
+    /* The handler's writes did not commit: the attempt failed, and the
+     * next one waits its backoff (the store may still be failing). */
+    e->next_attempt = sb_now_wall() + sb_outbox_backoff(e->attempts, (double)random() / RAND_MAX);
     ob_lane_insert(lane, e, 1);
     ob_kick(lane);
 }
