@@ -195,14 +195,6 @@ static void loaded(void *arg, struct sb_conv *c, const char *error)
     sb_job_answer(job, 1);
 }
 
-static void pinned_cancel(struct sb_job *job, void *wait)
-{
-    /* the store thread cannot be interrupted: the pin keeps the job until
-     * its answer arrives and is dropped */
-    (void)job;
-    (void)wait;
-}
-
 /* _load(...) -> found | nil, error: reads the conversation from the store (yields). */
 static int p_load(lua_State *L)
 {
@@ -213,8 +205,7 @@ static int p_load(lua_State *L)
     job = sb_job_checkwait(L);
     w = sb_xcalloc(1, sizeof *w);
     w->job = job;
-    sb_job_pin(job);
-    sb_job_wait(job, pinned_cancel, NULL);
+    sb_job_wait_store(job);
     sb_conv_load(b ? NULL : a, b ? a : NULL, b, loaded, w);
     if (!job->waiting)
         return job->answered;
@@ -565,8 +556,7 @@ static int m_messages(lua_State *L)
     w->c = c;
     w->n = n;
     sb_conv_ref(c);
-    sb_job_pin(job);
-    sb_job_wait(job, pinned_cancel, NULL);
+    sb_job_wait_store(job);
     sb_conv_want_messages(c, (int)n, messages_ready, w);
     if (!job->waiting)
         return job->answered;

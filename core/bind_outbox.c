@@ -220,14 +220,6 @@ static void requeue_fetched(void *arg, const struct store_rows *rows, const char
     }
 }
 
-static void requeue_cancel(struct sb_job *job, void *wait)
-{
-    /* the store thread cannot be interrupted: the pin keeps the job until
-     * its answer arrives and is dropped */
-    (void)job;
-    (void)wait;
-}
-
 static int outbox_requeue(lua_State *L)
 {
     lua_Integer id = luaL_checkinteger(L, 1);
@@ -237,8 +229,7 @@ static int outbox_requeue(lua_State *L)
     sb_job_txn(job);
     w = sb_xcalloc(1, sizeof *w);
     w->job = job;
-    sb_job_pin(job);
-    sb_job_wait(job, requeue_cancel, NULL);
+    sb_job_wait_store(job);
     store_fetch_outbox_entry((int64_t)id, requeue_fetched, w);
     if (!job->waiting)
         return job->answered;

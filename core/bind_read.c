@@ -28,14 +28,6 @@ static void read_done(void *arg, const char *json, size_t len, const char *error
     }
 }
 
-static void read_cancel(struct sb_job *job, void *wait)
-{
-    /* The store thread owns the work item and cannot be interrupted; the
-     * pin keeps the job's memory until its answer arrives and is dropped. */
-    (void)job;
-    (void)wait;
-}
-
 static const char *opt_text(lua_State *L, int t, const char *field)
 {
     const char *s = NULL;
@@ -110,8 +102,7 @@ static int conv_read(lua_State *L)
         q.entry_id = lua_tointeger(L, -1);
         lua_pop(L, 1);
     }
-    sb_job_pin(job);
-    sb_job_wait(job, read_cancel, NULL);
+    sb_job_wait_store(job);
     store_read_page((enum store_page)page, &q, read_done, job);
     if (!job->waiting)
         return job->answered;

@@ -141,6 +141,20 @@ static void job_unlink_and_free(struct sb_job *job)
 
 void sb_job_pin(struct sb_job *job) { job->pinned++; }
 
+static void store_wait_cancel(struct sb_job *job, void *wait)
+{
+    /* The store thread owns the work item and cannot be interrupted: the
+     * pin keeps the job's memory until its answer arrives and is dropped. */
+    (void)job;
+    (void)wait;
+}
+
+void sb_job_wait_store(struct sb_job *job)
+{
+    sb_job_pin(job);
+    sb_job_wait(job, store_wait_cancel, NULL);
+}
+
 int sb_job_unpin(struct sb_job *job)
 {
     job->pinned--;

@@ -123,6 +123,10 @@ void sb_job_budget_check(struct lua_State *L);
  * caller then drops the answer. */
 void sb_job_pin(struct sb_job *job);
 int sb_job_unpin(struct sb_job *job);
+/* Arms a wait for the store thread's answer: pins the job (the answer
+ * cannot be cancelled; its callback calls sb_job_unpin, then sb_job_answer
+ * unless the job ended meanwhile). */
+void sb_job_wait_store(struct sb_job *job);
 
 /* The job whose coroutine is running now (NULL between resumes). */
 struct sb_job *sb_job_running(void);

@@ -18,6 +18,22 @@ BOT_SECRET = "bot-secret-1"
 # Small backoff so retries happen within a test's patience.
 FAST_OUTBOX = {"backoff_base": 0.05, "backoff_max": 0.5, "max_attempts": 10, "timeout": 5}
 
+# Test routes: POST /test/heal sets state "healed" (a failing job keeps
+# nothing it wrote, so a flaky script cannot count its own failures in
+# state: the test heals it from outside), GET /test/state?key= reads state.
+HEAL_ROUTE = """
+function heal(req)
+  state.set("healed", true)
+  return 200, { healed = true }
+end
+route("POST", "/test/heal", "heal")
+
+function show_state(req)
+  return 200, { value = state.get(req.query.key) }
+end
+route("GET", "/test/state", "show_state")
+"""
+
 ECHO_BOT_LUA = """
 -- A Lua bot for the tests: echoes the client's text.
 local M = {}

@@ -9,6 +9,7 @@ import pytest
 from conftest import assert_json_error, wait_until
 from convkit import (
     BOT_SECRET,
+    HEAL_ROUTE,
     Api,
     fakes_fixture,  # noqa: F401 - the `fakes` fixture
     http_bot,
@@ -352,14 +353,6 @@ function M.on_message(conv, msg)
 end
 
 return M
-"""
-
-HEAL_ROUTE = """
-function heal(req)
-  state.set("healed", true)
-  return 200, { healed = true }
-end
-route("POST", "/test/heal", "heal")
 """
 
 

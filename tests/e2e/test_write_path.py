@@ -14,6 +14,7 @@ import time
 from conftest import assert_json_error, dedent, wait_until
 from convkit import (
     API_TOKEN,
+    HEAL_ROUTE,
     WEB_SECRET,
     Api,
     fakes_fixture,  # noqa: F401 - the `fakes` fixture
@@ -24,20 +25,6 @@ from convkit import (
     webhook_channel,
     write_conv_config,
 )
-
-HEAL_ROUTE = """
-function heal(req)
-  state.set("healed", true)
-  return 200, { healed = true }
-end
-route("POST", "/test/heal", "heal")
-
-function show_state(req)
-  return 200, { value = state.get(req.query.key) }
-end
-route("GET", "/test/state", "show_state")
-"""
-
 
 def settle(seconds=0.5):
     time.sleep(seconds)
