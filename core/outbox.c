@@ -488,8 +488,21 @@ static void attempt(struct ob_entry *e)
 static void commit_done(void *arg, int ok)
 {
     struct ob_lane *lane = arg;
-    (void)ok;   /* a failed batch took its entries out of the lane already */
     lane->waiting_commit = 0;
+    if (!ok) {
+        /* A failed batch took the entries its transactions added out of the
+         * lane already. Entries a refill read back may include some of them:
+         * those copies go, and the store is read again once it recovered. */
+        struct ob_entry *e = lane->head, *next;
+        for (; e; e = next) {
+            next = e->next;
+            if (e->refilled && e->commit_seq > 0 && !e->call && !e->running) {
+                ob_lane_remove(e);
+                ob_entry_free(e);
+                lane->more = 1;
+            }
+        }
+    }
     ob_kick(lane);
 }
 
@@ -515,6 +528,7 @@ static void refill_done(void *arg, const struct store_rows *rows, const char *er
         e = ob_entry_from_row(&r);
         /* it may come from a batch not committed yet */
         e->commit_seq = lane->refill_seq;
+        e->refilled = 1;
         ob_lane_insert(lane, e, 0);
     }
     lane->more = n == LANE_WINDOW || lane->added_while_refilling;
@@ -531,7 +545,7 @@ static void lane_look(struct ob_lane *lane)
     if (!e) {
         if (lane->more && !lane->refilling) {
             lane->refilling = 1;
-            lane->refill_seq = store_pending_seq();
+            lane->refill_seq = store_last_seq();
             store_fetch_outbox_lane(lane->name, LANE_WINDOW, refill_done, lane);
             return;
         }

@@ -30,6 +30,7 @@ struct ob_entry {
     struct ob_entry *prev, *next;
     struct sb_http_call *call;    /* http attempt in flight */
     int running;                  /* a handler job runs for it */
+    int refilled;                 /* read back from the store by a lane's refill */
 };
 
 struct ob_lane {

@@ -122,6 +122,9 @@ uint64_t store_submit_system(struct store_op *op);
 uint64_t store_reserve(void);
 /* The batch writes join now (the last committed one when none is open). */
 uint64_t store_pending_seq(void);
+/* The newest batch number given out (open, in flight or finished): a read
+ * queued now sees no write of a later batch. */
+uint64_t store_last_seq(void);
 uint64_t store_committed_seq(void);
 typedef void (*store_commit_fn)(void *arg, int ok);
 /* Calls fn(arg, ok) once batch seq has finished (at once if it has). */

@@ -110,6 +110,7 @@ static void run_flush_hook(void)
 const struct store_stats *store_stats(void) { return &stats; }
 uint64_t store_committed_seq(void) { return finished_seq; }
 uint64_t store_pending_seq(void) { return open_batch ? open_batch->seq : finished_seq; }
+uint64_t store_last_seq(void) { return last_seq; }
 
 int store_parse_sync(const char *name, enum store_sync *out)
 {
