@@ -53,8 +53,17 @@ return {
 
   conversations = {
     max_text_bytes = 4096,
-    recent_messages = 50,
-    dedupe_window = 86400,
+    recent_messages = 20,        -- kept in memory per conversation in memory
+    memory_idle = 300,           -- seconds before an unused conversation leaves memory
+    dedupe_window = 86400,       -- seconds a conversation remembers a message_id
+  },
+
+  timezone = "UTC",              -- of calendar timers: timer.every("mon-fri 09:00", ...)
+
+  retention = {
+    delivered_outbox = 0,        -- seconds; 0: a delivered call is deleted
+    dead_letters = 30 * 86400,
+    closed_conversations = 0,    -- seconds after their last change; 0: kept for ever
   },
 
   outbox = {
