@@ -147,7 +147,7 @@ enum store_page {
     STORE_PAGE_MESSAGES,       /* id, limit, cursor -> {"messages":[...],"next_cursor":...} */
     STORE_PAGE_EVENTS,         /* id, limit, cursor -> {"events":[...],"next_cursor":...} */
     STORE_PAGE_OUTBOX_DEAD,    /* limit, cursor -> {"dead":[...],"next_cursor":...} */
-    STORE_PAGE_OUTBOX_ENTRY,   /* entry_id -> the whole entry or null */
+    STORE_PAGE_OUTBOX_ENTRY,   /* entry_id -> the entry (id, lane, kind, target, method, url, state, attempts, created, reason, died_at) or null */
     STORE_PAGE_COUNT
 };
 struct store_page_query {
