@@ -113,8 +113,7 @@ static int sleep_binding(lua_State *L)
     w = sb_xcalloc(1, sizeof *w);
     w->job = job;
     w->ev = evtimer_new(sb_base, sleep_fire, w);
-    tv.tv_sec = (time_t)s;
-    tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
+    tv = sb_timeval(s);
     evtimer_add(w->ev, &tv);
     sb_job_wait(job, sleep_cancel, w);
     return lua_yield(L, 0);

@@ -453,8 +453,7 @@ static void on_accept_error(struct evconnlistener *lev, void *arg)
     accept_failures++;
     if (!resume_ev)
         resume_ev = evtimer_new(sb_base, on_resume, NULL);
-    tv.tv_sec = (time_t)pause_s;
-    tv.tv_usec = (suseconds_t)((pause_s - (double)tv.tv_sec) * 1e6);
+    tv = sb_timeval(pause_s);
     evtimer_add(resume_ev, &tv);
     if (!accept_log_once || now - last_accept_log >= WARN_EVERY) {
         char ms[24], n[24], open[24];

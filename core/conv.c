@@ -147,7 +147,6 @@ void cv_json_free(char *s)
         free(s);
 }
 
-char *cv_dup(const char *s) { return s ? sb_xstrdup(s) : NULL; }
 
 const char *cv_author_kind(const char *s)
 {

@@ -214,8 +214,8 @@ const struct sb_msg *sb_conv_append(struct sb_txn *t, struct sb_conv *c, const s
     m->seq = ++c->last_seq;
     u->seq = m->seq;
     m->author_kind = kind;
-    m->author_name = cv_dup(f->author_name);
-    m->author_id = cv_dup(f->author_id);
+    m->author_name = sb_xstrdup_or_null(f->author_name);
+    m->author_id = sb_xstrdup_or_null(f->author_id);
     m->text_len = f->text ? f->text_len : 0;
     m->text = sb_xmalloc(m->text_len + 1);
     if (m->text_len)
@@ -337,7 +337,7 @@ static void replace(struct sb_txn *t, struct sb_conv *c, char **slot, const char
     u->updated = c->updated;
     u->msg_seq = msg_seq;
     sb_conv_ref(c);
-    *slot = is_json ? cv_json_dup(value, empty) : cv_dup(value);
+    *slot = is_json ? cv_json_dup(value, empty) : sb_xstrdup_or_null(value);
     sb_txn_effect(t, &field_ops, u);
 }
 

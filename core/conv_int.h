@@ -31,7 +31,6 @@ extern const unsigned char cv_allowed[SB_CONV_STATE_COUNT][SB_CONV_STATE_COUNT];
 extern const char cv_empty_array[], cv_empty_object[];
 char *cv_json_dup(const char *s, const char *empty);
 void cv_json_free(char *s);
-char *cv_dup(const char *s);
 /* The static name of an author kind, or NULL when it is not one. */
 const char *cv_author_kind(const char *s);
 int cv_cmp_key(const void *a, const void *b);

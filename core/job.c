@@ -352,8 +352,7 @@ struct sb_job *sb_job_new(struct sb_runtime *rt, enum sb_job_kind kind, const ch
     job->co = lua_newthread(rt->L);
     job->co_ref = luaL_ref(rt->L, LUA_REGISTRYINDEX);
     job->deadline_ev = evtimer_new(sb_base, deadline_cb, job);
-    tv.tv_sec = (time_t)timeout;
-    tv.tv_usec = (suseconds_t)((timeout - (double)tv.tv_sec) * 1e6);
+    tv = sb_timeval(timeout);
     evtimer_add(job->deadline_ev, &tv);
     job->next = jobs;
     if (jobs)

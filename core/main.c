@@ -212,9 +212,7 @@ static void on_sigterm(evutil_socket_t fd, short what, void *arg)
 
 static void arm_sweep(const struct sb_config *cfg)
 {
-    struct timeval tv;
-    tv.tv_sec = (time_t)cfg->maintenance_interval;
-    tv.tv_usec = (suseconds_t)((cfg->maintenance_interval - (double)tv.tv_sec) * 1e6);
+    struct timeval tv = sb_timeval(cfg->maintenance_interval);
     evtimer_add(sweep_ev, &tv);
 }
 

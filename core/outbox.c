@@ -59,7 +59,6 @@ int ob_cmp_id(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-char *ob_dup(const char *s) { return s ? sb_xstrdup(s) : NULL; }
 
 static void ob_requeued_forget(struct ob_entry *e)
 {
@@ -559,10 +558,7 @@ static void lane_look(struct ob_lane *lane)
     }
     now = sb_now_wall();
     if (e->next_attempt > now) {
-        double d = e->next_attempt - now;
-        struct timeval tv;
-        tv.tv_sec = (time_t)d;
-        tv.tv_usec = (suseconds_t)((d - (double)tv.tv_sec) * 1e6);
+        struct timeval tv = sb_timeval(e->next_attempt - now);
         evtimer_add(lane->timer, &tv);
         return;
     }

@@ -21,20 +21,20 @@ struct ob_entry *ob_entry_from_row(const struct store_row *r)
 {
     struct ob_entry *e = sb_xcalloc(1, sizeof *e);
     e->id = (int64_t)r->num[0];
-    e->conversation_id = ob_dup(r->text[1]);
+    e->conversation_id = sb_xstrdup_or_null(r->text[1]);
     e->kind = sb_xstrdup(r->text[3] ? r->text[3] : "http");
     e->target = sb_xstrdup(r->text[4] ? r->text[4] : "");
-    e->method = ob_dup(r->text[5]);
-    e->url = ob_dup(r->text[6]);
-    e->headers = ob_dup(r->text[7]);
+    e->method = sb_xstrdup_or_null(r->text[5]);
+    e->url = sb_xstrdup_or_null(r->text[6]);
+    e->headers = sb_xstrdup_or_null(r->text[7]);
     if (r->text[8]) {
         e->body_len = r->len[8];
         e->body = sb_xmalloc(e->body_len + 1);
         memcpy(e->body, r->text[8], e->body_len);
         e->body[e->body_len] = '\0';
     }
-    e->data = ob_dup(r->text[9]);
-    e->on_result = ob_dup(r->text[10]);
+    e->data = sb_xstrdup_or_null(r->text[9]);
+    e->on_result = sb_xstrdup_or_null(r->text[10]);
     e->idem_key = sb_xstrdup(r->text[11] ? r->text[11] : "");
     e->attempts = (int)r->num[12];
     e->next_attempt = r->num[13];
@@ -182,20 +182,20 @@ int64_t sb_outbox_add(struct sb_txn *t, const struct sb_outbox_new *n, char *err
     }
     e = sb_xcalloc(1, sizeof *e);
     e->id = ob_next_id++;
-    e->conversation_id = ob_dup(n->conversation_id);
+    e->conversation_id = sb_xstrdup_or_null(n->conversation_id);
     e->kind = sb_xstrdup(n->kind);
     e->target = sb_xstrdup(n->target);
-    e->method = ob_dup(n->method);
-    e->url = ob_dup(n->url);
-    e->headers = ob_dup(n->headers);
+    e->method = sb_xstrdup_or_null(n->method);
+    e->url = sb_xstrdup_or_null(n->url);
+    e->headers = sb_xstrdup_or_null(n->headers);
     if (n->body) {
         e->body = sb_xmalloc(n->body_len + 1);
         memcpy(e->body, n->body, n->body_len);
         e->body[n->body_len] = '\0';
         e->body_len = n->body_len;
     }
-    e->data = ob_dup(n->data);
-    e->on_result = ob_dup(n->on_result);
+    e->data = sb_xstrdup_or_null(n->data);
+    e->on_result = sb_xstrdup_or_null(n->on_result);
     sb_new_id(key);
     e->idem_key = sb_xstrdup(key);
     e->created = sb_now_wall();

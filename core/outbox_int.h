@@ -64,7 +64,6 @@ extern int64_t ob_next_id;
 extern sb_outbox_secret_fn ob_resolve_secret;
 
 int ob_cmp_id(const void *a, const void *b);
-char *ob_dup(const char *s);
 void ob_entry_free(struct ob_entry *e);
 struct ob_entry *ob_entry_from_row(const struct store_row *r);
 struct ob_lane *ob_lane_get(const char *name);

@@ -584,8 +584,6 @@ static void hand_over_read(struct work *w)
     hand_over(w);
 }
 
-static char *dup_or_null(const char *s) { return s ? sb_xstrdup(s) : NULL; }
-
 void store_read_page(enum store_page page, const struct store_page_query *q, store_read_fn fn, void *arg)
 {
     struct work *w;
@@ -597,10 +595,10 @@ void store_read_page(enum store_page page, const struct store_page_query *q, sto
     w->kind = WORK_PAGE;
     w->page = page;
     w->query = *q;
-    w->query.id = dup_or_null(q->id);
-    w->query.state = dup_or_null(q->state);
-    w->query.channel = dup_or_null(q->channel);
-    w->query.cursor = dup_or_null(q->cursor);
+    w->query.id = sb_xstrdup_or_null(q->id);
+    w->query.state = sb_xstrdup_or_null(q->state);
+    w->query.channel = sb_xstrdup_or_null(q->channel);
+    w->query.cursor = sb_xstrdup_or_null(q->cursor);
     w->read_fn = fn;
     w->arg = arg;
     hand_over_read(w);

@@ -128,12 +128,7 @@ static void timer_fire(evutil_socket_t fd, short what, void *arg);
 /* Arms t to fire at t->due. */
 static void arm(struct sb_timer *t)
 {
-    double d = t->due - sb_now_wall();
-    struct timeval tv;
-    if (d < 0)
-        d = 0;
-    tv.tv_sec = (time_t)d;
-    tv.tv_usec = (suseconds_t)((d - (double)tv.tv_sec) * 1e6);
+    struct timeval tv = sb_timeval(t->due - sb_now_wall());   /* a past due fires at once */
     if (!t->ev)
         t->ev = evtimer_new(sb_base, timer_fire, t);
     if (!paused)

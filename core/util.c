@@ -107,6 +107,18 @@ char *sb_xstrdup(const char *s)
     return d;
 }
 
+char *sb_xstrdup_or_null(const char *s) { return s ? sb_xstrdup(s) : NULL; }
+
+struct timeval sb_timeval(double seconds)
+{
+    struct timeval tv;
+    if (!(seconds > 0))
+        seconds = 0;
+    tv.tv_sec = (time_t)seconds;
+    tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+    return tv;
+}
+
 int sb_secret_equal(const char *given, size_t given_len, const char *expected, size_t expected_len)
 {
     /* Walk the expected secret in full whatever is given; fold every

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/time.h>
 
 #define SB_VERSION "0.1.0"
 
@@ -25,11 +26,14 @@ void sb_error_from_lua(struct sb_error *err, const char *lua_message, const char
 
 double sb_now_wall(void);   /* seconds since the epoch */
 double sb_now_mono(void);   /* seconds on the monotonic clock */
+/* A delay in seconds as libevent takes it. */
+struct timeval sb_timeval(double seconds);
 
 void *sb_xmalloc(size_t n);           /* aborts on out-of-memory: callers never see NULL */
 void *sb_xcalloc(size_t n, size_t m);
 void *sb_xrealloc(void *p, size_t n);
 char *sb_xstrdup(const char *s);
+char *sb_xstrdup_or_null(const char *s);  /* NULL stays NULL */
 
 /* Compares two secrets in time that depends only on the length of the
  * expected one, so a wrong token cannot be guessed byte by byte. */
