@@ -119,15 +119,18 @@ static int sleep_binding(lua_State *L)
     return lua_yield(L, 0);
 }
 
-/* route(method, pattern, handler_name): load time only. */
+/* route(method, pattern, handler): load time only. The handler is a name
+ * ("module.fn") or a function, which is named after where route() was
+ * called. */
 static int route_binding(lua_State *L)
 {
     struct sb_runtime *rt = sb_runtime_of(L);
     const char *method = luaL_checkstring(L, 1);
     const char *pattern = luaL_checkstring(L, 2);
-    const char *handler = luaL_checkstring(L, 3);
+    const char *handler;
     char msg[300], where[300];
     size_t wl;
+    luaL_argexpected(L, lua_type(L, 3) == LUA_TSTRING || lua_isfunction(L, 3), 3, "handler name or function");
     if (!rt->loading)
         return luaL_error(L, "route() may only be called at load time (top level of a script)");
     luaL_where(L, 1);
@@ -135,6 +138,15 @@ static int route_binding(lua_State *L)
     wl = strlen(where);
     while (wl > 0 && (where[wl - 1] == ' ' || where[wl - 1] == ':'))
         where[--wl] = '\0';
+    if (lua_isfunction(L, 3)) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, rt->engine_ref);
+        lua_getfield(L, -1, "name_function");
+        lua_pushfstring(L, "%s %s at %s", method, pattern, where);
+        lua_pushvalue(L, 3);
+        lua_call(L, 2, 1);
+        lua_replace(L, 3);
+    }
+    handler = lua_tostring(L, 3);
     if (sb_runtime_add_route(rt, method, pattern, handler, where, msg, sizeof msg))
         return luaL_error(L, "route(): %s", msg);
     return 0;

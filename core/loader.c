@@ -16,6 +16,7 @@
 #include <lua.h>
 
 #include "bindings.h"
+#include "handler_use.h"
 #include "job.h"
 #include "log.h"
 #include "lpattern.h"
@@ -86,6 +87,10 @@ static int load_error(struct sb_runtime *rt, struct sb_error *err, const struct 
     return 0;
 }
 
+/* Every file of a folder runs once, as the module named by its file name:
+ * one already loaded by a require from an earlier file is not run again,
+ * and a name another file took (rules/channels.lua next to the engine's
+ * scripts/channels.lua) is a load error. */
 static int load_dir(struct sb_runtime *rt, const char *dir, struct sb_txn *txn, struct sb_error *err)
 {
     lua_State *L = rt->L;
@@ -95,10 +100,21 @@ static int load_dir(struct sb_runtime *rt, const char *dir, struct sb_txn *txn, 
     if (n < 0)
         return -1;
     for (i = 0; i < n && rc == 0; i++) {
-        char path[1024], modname[256];
+        char path[1024], modname[256], msg[600];
         size_t ml = strlen(names[i]) - 4;
         struct sb_error e;
+        int state;
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        snprintf(modname, sizeof modname, "%.*s", (int)ml, names[i]);
+        state = sb_module_state(L, modname, path, msg, sizeof msg);
+        if (state == SB_MODULE_LOADED)
+            continue;
+        if (state == SB_MODULE_TAKEN) {
+            sb_error_set(&e, path, 0, "%s", msg);
+            if (load_error(rt, err, &e))
+                rc = -1;
+            continue;
+        }
         if (sb_runtime_load_chunk(L, path, path) != LUA_OK) {
             sb_error_from_lua(&e, lua_tostring(L, -1), path);
             lua_pop(L, 1);
@@ -106,27 +122,16 @@ static int load_dir(struct sb_runtime *rt, const char *dir, struct sb_txn *txn, 
                 rc = -1;
             continue;
         }
-        snprintf(modname, sizeof modname, "%.*s", (int)ml, names[i]);
+        sb_module_begin(L, modname, path);
         lua_pushstring(L, modname);
         if (sb_job_pcall_load(rt, 1, 1, path, txn, &e) != 0) {
+            sb_module_forget(L, modname);
             if (load_error(rt, err, &e))
                 rc = -1;
             continue;
         }
-        /* A top-level script is also its own module: require("name") returns
-         * what it returned without running it twice. */
-        lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");
-        if (lua_getfield(L, -1, modname) == LUA_TNIL) {
-            lua_pop(L, 1);
-            if (lua_isnil(L, -2))
-                lua_pushboolean(L, 1);
-            else
-                lua_pushvalue(L, -2);
-            lua_setfield(L, -2, modname);
-        } else {
-            lua_pop(L, 1);
-        }
-        lua_pop(L, 2);
+        sb_module_end(L, modname, -1);
+        lua_pop(L, 1);
     }
     for (i = 0; i < n; i++)
         free(names[i]);
@@ -134,11 +139,33 @@ static int load_dir(struct sb_runtime *rt, const char *dir, struct sb_txn *txn, 
     return rc;
 }
 
+/* After the engine's own modules (the scripts folder): the global
+ * environment is frozen, so a provider or rule file cannot replace what the
+ * engine and other files rely on (prelude.lua, engine.freeze). */
+static int freeze_globals(struct sb_runtime *rt, struct sb_error *err)
+{
+    lua_State *L = rt->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->engine_ref);
+    lua_getfield(L, -1, "freeze");
+    lua_remove(L, -2);
+    lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        sb_error_set(err, "prelude", 0, "freezing the global environment failed: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    return 0;
+}
+
 static int load_prelude(struct sb_runtime *rt, struct sb_error *err)
 {
     lua_State *L = rt->L;
-    if (luaL_loadbufferx(L, sb_prelude_lua, sizeof sb_prelude_lua - 1, "=prelude", "t") != LUA_OK ||
-        lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    if (luaL_loadbufferx(L, sb_prelude_lua, sizeof sb_prelude_lua - 1, "=prelude", "t") != LUA_OK) {
+        sb_error_set(err, "prelude", 0, "engine prelude failed: %s", lua_tostring(L, -1));
+        return -1;
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
         sb_error_set(err, "prelude", 0, "engine prelude failed: %s", lua_tostring(L, -1));
         return -1;
     }
@@ -173,6 +200,42 @@ static int check_routes(struct sb_runtime *rt, struct sb_error *err)
     return ok && rt->load_errors == 0 ? 0 : -1;
 }
 
+/* Durable work names its handlers (timers, outbox jobs and result
+ * handlers): new code that no longer resolves a name still in use is
+ * refused like a missing route handler, instead of that work failing and
+ * dying later. */
+struct name_check {
+    struct sb_runtime *rt;
+    struct sb_error *err;
+    int ok;
+};
+
+static void check_name(const char *what, const char *name, long count, void *arg)
+{
+    struct name_check *c = arg;
+    lua_State *L = c->rt->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->rt->engine_ref);
+    lua_getfield(L, -1, "resolve");
+    lua_pushstring(L, name);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TFUNCTION) {
+        struct sb_error e;
+        sb_error_set(&e, "", 0, "%s '%s' is not a function in the new code, and %ld pending %s still use%s it "
+                     "(keep the name resolving until they are done)",
+                     what, name, count, !strcmp(what, "timer") ? (count == 1 ? "timer" : "timers")
+                                                              : (count == 1 ? "outbox entry" : "outbox entries"),
+                     count == 1 ? "s" : "");
+        c->ok = !load_error(c->rt, c->err, &e) && c->ok;
+    }
+    lua_pop(L, 2);
+}
+
+static int check_durable_names(struct sb_runtime *rt, struct sb_error *err)
+{
+    struct name_check c = { rt, err, 1 };
+    sb_handler_uses(check_name, &c);
+    return c.ok ? 0 : -1;
+}
+
 struct sb_runtime *sb_load_runtime(struct sb_config *cfg, unsigned generation, struct sb_txn *txn,
                                    struct sb_error *err, sb_error_report_fn report_all)
 {
@@ -195,9 +258,11 @@ struct sb_runtime *sb_load_runtime(struct sb_config *cfg, unsigned generation, s
     for (d = 0; d < SB_DIR_COUNT; d++) {
         if (load_dir(rt, cfg->dirs[d], txn, err))
             goto fail;
+        if (d == SB_DIR_SCRIPTS && freeze_globals(rt, err))
+            goto fail;
     }
     rt->loading = 0;
-    if (check_routes(rt, err) || rt->load_errors)
+    if (check_routes(rt, err) | check_durable_names(rt, err) || rt->load_errors)
         goto fail;
     lua_settop(L, 0);
     lua_gc(L, LUA_GCCOLLECT);

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "conn.h"
 #include "conv.h"
+#include "handler_use.h"
 #include "httpclient.h"
 #include "job.h"
 #include "kvstate.h"
@@ -454,6 +455,7 @@ out:
     sb_timers_free_all();
     sb_runtime_swap(NULL);
     sb_outbox_free_all();
+    sb_handler_uses_free();
     sb_conv_free_all();
     sb_httpclient_shutdown();
     sb_kv_free_all();

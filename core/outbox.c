@@ -216,6 +216,7 @@ static void finished(struct ob_entry *e)
     struct ob_lane *lane = e->lane;
     ob_lane_remove(e);
     ob_counters.pending--;
+    ob_count_handlers(e->kind, e->target, e->on_result, -1);
     ob_entry_free(e);
     ob_kick(lane);
 }
@@ -348,6 +349,7 @@ static void delivered_end(void *data, uint64_t seq)
     ob_attempt_over(e);
     ob_lane_remove(e);
     ob_counters.pending--;
+    ob_count_handlers(e->kind, e->target, e->on_result, -1);
     e->lane->uncommitted++;
     ob_kick(e->lane);
 }
@@ -358,6 +360,7 @@ static void delivered_undo(void *data)
     struct ob_lane *lane = e->lane;
     ob_counters.delivered--;
     ob_counters.pending++;
+    ob_count_handlers(e->kind, e->target, e->on_result, 1);
     ob_counters.retried++;
     lane->uncommitted--;
     /* The handler's writes did not commit: the attempt failed, and the

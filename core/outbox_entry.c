@@ -12,6 +12,7 @@
 #include <event2/buffer.h>
 
 #include "conv.h"
+#include "handler_use.h"
 #include "httpclient.h"
 #include "store.h"
 #include "txn.h"
@@ -96,6 +97,14 @@ done:
     return result;
 }
 
+/* The handlers an entry names (handler_use.h): a job's target, a result handler. */
+void ob_count_handlers(const char *kind, const char *target, const char *on_result, long delta)
+{
+    if (kind && !strcmp(kind, "job"))
+        sb_handler_use("outbox job", target, delta);
+    sb_handler_use("outbox result handler", on_result, delta);
+}
+
 /* Adding, as part of a transaction */
 
 static void addition_end(void *data, uint64_t seq)
@@ -104,6 +113,10 @@ static void addition_end(void *data, uint64_t seq)
     struct ob_lane *lane = ob_lane_get(a->lane);
     a->entry->commit_seq = seq;
     ob_counters.pending++;
+    if (!strcmp(a->entry->kind, "job"))
+        a->job_handler = sb_xstrdup(a->entry->target);
+    a->result_handler = sb_xstrdup_or_null(a->entry->on_result);
+    ob_count_handlers("job", a->job_handler, a->result_handler, 1);
     if (lane->more || lane->refilling || lane->nmem >= LANE_WINDOW) {
         /* behind entries still in the store: it waits there too */
         if (lane->refilling)
@@ -120,18 +133,26 @@ static void addition_end(void *data, uint64_t seq)
     ob_kick(lane);
 }
 
+static void addition_free(struct addition *a)
+{
+    free(a->job_handler);
+    free(a->result_handler);
+    free(a->lane);
+    free(a);
+}
+
 static void addition_abort(void *data)
 {
     struct addition *a = data;
     ob_entry_free(a->entry);
-    free(a->lane);
-    free(a);
+    addition_free(a);
 }
 
 static void addition_undo(void *data)
 {
     struct addition *a = data;
     ob_counters.pending--;
+    ob_count_handlers("job", a->job_handler, a->result_handler, -1);
     if (a->in_memory && a->entry) {
         struct ob_lane *lane = a->entry->lane;
         if (a->entry->call) {
@@ -143,8 +164,7 @@ static void addition_undo(void *data)
         ob_entry_free(a->entry);
         ob_kick(lane);
     }
-    free(a->lane);
-    free(a);
+    addition_free(a);
 }
 
 static void addition_commit(void *data)
@@ -152,8 +172,7 @@ static void addition_commit(void *data)
     struct addition *a = data;
     if (a->entry)
         a->entry->added_by = NULL;
-    free(a->lane);
-    free(a);
+    addition_free(a);
 }
 
 static const struct sb_txn_effect_ops addition_ops = { addition_end, addition_abort, addition_undo, addition_commit };
@@ -262,6 +281,12 @@ static void load_row(void *arg, const struct store_row *r)
     ob_lane_insert(ob_lane_get(r->text[2] ? r->text[2] : "-"), e, 0);
 }
 
+static void count_row(void *arg, const struct store_row *r)
+{
+    (void)arg;
+    ob_count_handlers(r->text[0], r->text[1], r->text[2], (long)r->num[3]);
+}
+
 static void lane_has_more(void *arg, const char *name)
 {
     (void)arg;
@@ -276,6 +301,6 @@ int sb_outbox_load(void)
     if (store_load_outbox_pending(LANE_WINDOW, load_row, NULL, lane_has_more, &total))
         return -1;
     ob_counters.pending = (size_t)total;
-    return 0;
+    return store_load_outbox_handlers(count_row, NULL);
 }
 

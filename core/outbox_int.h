@@ -50,9 +50,12 @@ struct ob_lane {
     struct ob_lane *next_ready, *next_kick;
 };
 
+void ob_count_handlers(const char *kind, const char *target, const char *on_result, long delta);
+
 struct addition {
     struct ob_entry *entry;
     char *lane;
+    char *job_handler, *result_handler;   /* counted in handler_use.c from its end to its undo */
     int in_memory;                /* after end: in its lane (else only in the store) */
 };
 

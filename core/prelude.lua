@@ -1,8 +1,9 @@
 -- Engine prelude: runs first in every runtime, before any script. It returns
 -- the engine's own functions, kept in the registry where scripts cannot
 -- replace them. Everything it needs from the globals is captured now.
-local type, pairs, tostring, error, setmetatable, pcall, select =
-      type, pairs, tostring, error, setmetatable, pcall, select
+local loaded = ...   -- the runtime's modules by name (require's cache)
+local type, pairs, tostring, error, setmetatable, pcall, select, rawset, next =
+      type, pairs, tostring, error, setmetatable, pcall, select, rawset, next
 local gmatch, floor = string.gmatch, math.floor
 local G = _G
 local json_encode, json_decode = json.encode, json.decode
@@ -56,17 +57,61 @@ function conv_api.find_or_create(channel, client_id, client)
   end
 end
 
--- "name" or "a.b.c": a global function, looked up at call time so a reload
--- (which builds a new _G) changes what runs.
+-- Handlers given as functions (route(method, path, fn)) get a name, so
+-- that everything refers to handlers the same way.
+local anonymous = {}
+function engine.name_function(name, fn)
+  anonymous[name] = fn
+  return name
+end
+
+-- "name" or "a.b.c": a function looked up at call time so a reload (which
+-- builds a new runtime) changes what runs. The first part is a global or,
+-- failing that, a module: "telegram.on_sent" is the on_sent field of what
+-- providers/telegram.lua returned.
 function engine.resolve(name)
-  local v = G
+  local fn = anonymous[name]
+  if fn then return fn end
+  local v
   for part in gmatch(name, "[^%.]+") do
-    if type(v) ~= "table" then return nil end
-    v = v[part]
+    if v == nil then
+      v = G[part]
+      if v == nil then v = loaded[part] end
+    else
+      if type(v) ~= "table" then return nil end
+      v = v[part]
+    end
   end
   return v
 end
 local resolve = engine.resolve
+
+-- The frozen global environment of provider and rule files (docs/lua-api.md,
+-- "Modules and the global environment"): every name there after the
+-- engine's own modules loaded (the libraries, the bindings, the engine's
+-- globals) and every engine module by its name can be read; assigning one
+-- raises at the line that tried. A file's own new globals stay its business.
+function engine.freeze(modules)
+  local names, keys = {}, {}
+  for k, v in next, G do names[k] = v; keys[#keys + 1] = k end
+  for k, v in next, modules do
+    if names[k] == nil and type(k) == "string" and not k:find(".", 1, true) then names[k] = v end
+  end
+  for i = 1, #keys do rawset(G, keys[i], nil) end
+  setmetatable(G, {
+    __index = names,
+    __newindex = function(t, k, v)
+      if names[k] ~= nil then
+        local what = modules[k] ~= nil and ("the engine module '" .. tostring(k) .. "' (use: local " .. tostring(k)
+                     .. " = require(\"" .. tostring(k) .. "\"))") or ("the engine name '" .. tostring(k) .. "'")
+        error("cannot assign to " .. what .. ": make it a local of your file", 2)
+      end
+      rawset(t, k, v)
+    end,
+    __engine_names = names,
+    __metatable = "the global environment is frozen",
+  })
+end
 
 local request_methods = {}
 local request_mt = { __index = request_methods }

@@ -270,8 +270,9 @@ static int safe_print(lua_State *L)
     return 0;
 }
 
-/* rawset() that leaves the read-only config alone: its proxies are tables
- * whose writes __newindex refuses, which rawset would go around. */
+/* rawset() that leaves the read-only config and the engine's names in the
+ * global environment alone: both are guarded by a __newindex, which rawset
+ * would go around. */
 static int safe_rawset(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -279,9 +280,17 @@ static int safe_rawset(lua_State *L)
     luaL_checkany(L, 3);
     if (lua_getmetatable(L, 1)) {
         int ro = lua_getfield(L, -1, SB_CONFIG_READONLY_MARK) != LUA_TNIL;
-        lua_pop(L, 2);
+        int engine_name = 0;
+        if (lua_getfield(L, -2, "__engine_names") == LUA_TTABLE) {
+            lua_pushvalue(L, 2);
+            engine_name = lua_rawget(L, -2) != LUA_TNIL;
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 3);
         if (ro)
             return luaL_error(L, "config is read-only");
+        if (engine_name)
+            return luaL_error(L, "'%s' is an engine name and cannot be assigned", luaL_tolstring(L, 2, NULL));
     }
     lua_settop(L, 3);
     lua_rawset(L, 1);
@@ -317,6 +326,118 @@ int sb_runtime_load_chunk(lua_State *L, const char *path, const char *display)
     return rc;
 }
 
+/* Modules. sb.loaded maps a module name to what its file returned (true
+ * when nothing), or to the "loading" marker while its top level runs;
+ * sb.module_paths remembers the file each name came from, so that two files
+ * cannot claim one name. */
+static const char loading_marker = 0;
+
+/* A module reached again by a require cycle while its top level still runs
+ * (flow requires livechat, which requires flow): the second require gets a
+ * proxy that reads the finished module, so each can hold the other in a
+ * local and call it from functions. Reading it at the top level of the
+ * cycle is an error that says so. */
+static int cycle_proxy_index(lua_State *L)
+{
+    const char *name = lua_tostring(L, lua_upvalueindex(1));
+    lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");
+    lua_getfield(L, -1, name);
+    if (lua_islightuserdata(L, -1))
+        return luaL_error(L, "module '%s' is still loading (a require cycle): use it inside functions, "
+                             "not at the top level of a module it requires", name);
+    if (!lua_istable(L, -1))
+        return luaL_error(L, "module '%s' did not return a table", name);
+    lua_pushvalue(L, 2);
+    lua_gettable(L, -2);
+    return 1;
+}
+
+static int cycle_proxy_newindex(lua_State *L)
+{
+    return luaL_error(L, "module '%s' is read through a require cycle: assign to it in its own file",
+                      lua_tostring(L, lua_upvalueindex(1)));
+}
+
+static void push_cycle_proxy(lua_State *L, const char *name)
+{
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, "sb.cycle_proxies");
+    if (lua_getfield(L, -1, name) == LUA_TTABLE) {
+        lua_remove(L, -2);
+        return;
+    }
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, name);
+    lua_pushcclosure(L, cycle_proxy_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushstring(L, name);
+    lua_pushcclosure(L, cycle_proxy_newindex, 1);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushliteral(L, "module");
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, name);
+    lua_remove(L, -2);
+}
+
+int sb_module_state(lua_State *L, const char *name, const char *path, char *msg, size_t msg_size)
+{
+    int state = SB_MODULE_ABSENT;
+    lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");
+    if (lua_getfield(L, -1, name) != LUA_TNIL)
+        state = lua_touserdata(L, -1) == &loading_marker ? SB_MODULE_LOADING : SB_MODULE_LOADED;
+    lua_pop(L, 2);
+    if (state == SB_MODULE_ABSENT || !path)
+        return state;
+    lua_getfield(L, LUA_REGISTRYINDEX, "sb.module_paths");
+    lua_getfield(L, -1, name);
+    if (!lua_isstring(L, -1) || strcmp(lua_tostring(L, -1), path) != 0) {
+        snprintf(msg, msg_size, "the module name '%s' is already taken by %s", name,
+                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "the engine");
+        state = SB_MODULE_TAKEN;
+    }
+    lua_pop(L, 2);
+    return state;
+}
+
+void sb_module_begin(lua_State *L, const char *name, const char *path)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");
+    lua_pushlightuserdata(L, (void *)&loading_marker);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, "sb.module_paths");
+    lua_pushstring(L, path);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+}
+
+void sb_module_end(lua_State *L, const char *name, int value_idx)
+{
+    value_idx = lua_absindex(L, value_idx);
+    lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");
+    if (value_idx == 0 || lua_isnil(L, value_idx))
+        lua_pushboolean(L, 1);
+    else
+        lua_pushvalue(L, value_idx);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+}
+
+void sb_module_forget(lua_State *L, const char *name)
+{
+    static const char *const tables[] = { "sb.loaded", "sb.module_paths" };
+    size_t i;
+    for (i = 0; i < sizeof tables / sizeof *tables; i++) {
+        lua_getfield(L, LUA_REGISTRYINDEX, tables[i]);
+        lua_pushnil(L);
+        lua_setfield(L, -2, name);
+        lua_pop(L, 1);
+    }
+}
+
 /* require(name): modules come only from the configured script folders,
  * "a.b" maps to "<dir>/a/b.lua" or "<dir>/a/b/init.lua". */
 static int safe_require(lua_State *L)
@@ -328,13 +449,17 @@ static int safe_require(lua_State *L)
     int d, v;
 
     lua_settop(L, 1);
-    lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");          /* 2 */
-    if (lua_getfield(L, 2, name) != LUA_TNIL) {
-        if (lua_islightuserdata(L, -1))
-            return luaL_error(L, "require: module '%s' requires itself (loop)", name);
+    switch (sb_module_state(L, name, NULL, NULL, 0)) {
+    case SB_MODULE_LOADING:
+        push_cycle_proxy(L, name);
         return 1;
+    case SB_MODULE_LOADED:
+        lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");
+        lua_getfield(L, -1, name);
+        return 1;
+    default:
+        break;
     }
-    lua_pop(L, 1);
     if (n == 0 || n >= 200)
         return luaL_error(L, "require: bad module name '%s'", name);
     for (i = 0; i < n; i++) {
@@ -354,22 +479,17 @@ static int safe_require(lua_State *L)
                 continue;
             if (sb_runtime_load_chunk(L, path, path) != LUA_OK)
                 return lua_error(L);
-            lua_pushlightuserdata(L, (void *)safe_require);  /* marks "loading" */
-            lua_setfield(L, 2, name);
+            sb_module_begin(L, name, path);
             lua_pushstring(L, name);
             if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
                 /* a module that failed may be required again (after a fix, or
                  * by a later job): it is not "loading" any more */
-                lua_pushnil(L);
-                lua_setfield(L, 2, name);
+                sb_module_forget(L, name);
                 return lua_error(L);
             }
-            if (lua_isnil(L, -1)) {
-                lua_pop(L, 1);
-                lua_pushboolean(L, 1);
-            }
-            lua_pushvalue(L, -1);
-            lua_setfield(L, 2, name);
+            sb_module_end(L, name, -1);
+            lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");
+            lua_getfield(L, -1, name);
             return 1;
         }
     }
@@ -420,6 +540,8 @@ static void open_sandbox(lua_State *L)
 
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, "sb.loaded");
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "sb.module_paths");
 
     /* Strings share one metatable in a runtime: a script that replaced it
      * (getmetatable("").__index = ...) would break every other script. */

@@ -62,6 +62,17 @@ struct sb_runtime *sb_runtime_create(struct sb_config *cfg, unsigned generation,
 /* Loads a script file as a chunk named display ("@display"), text only.
  * Stack: [-0, +1] (the chunk or an error message). */
 int sb_runtime_load_chunk(struct lua_State *L, const char *path, const char *display);
+
+/* Modules (require and the loader share them). sb_module_state says
+ * whether `name` is absent, loading or loaded; given a path, a name loaded
+ * from another file is SB_MODULE_TAKEN with msg saying by which.
+ * sb_module_begin marks it loading from path, sb_module_end stores the value
+ * at value_idx (0 or nil: true), sb_module_forget drops a failed one. */
+enum { SB_MODULE_ABSENT, SB_MODULE_LOADING, SB_MODULE_LOADED, SB_MODULE_TAKEN };
+int sb_module_state(struct lua_State *L, const char *name, const char *path, char *msg, size_t msg_size);
+void sb_module_begin(struct lua_State *L, const char *name, const char *path);
+void sb_module_end(struct lua_State *L, const char *name, int value_idx);
+void sb_module_forget(struct lua_State *L, const char *name);
 /* Called when the allocator refuses memory to script code (the job layer
  * stops the running job). */
 void sb_runtime_set_memory_hook(void (*hook)(void));

@@ -210,6 +210,8 @@ int store_load_outbox_pending(int per_lane, store_row_fn fn, void *arg,
                               void (*lane_has_more)(void *arg, const char *lane), int64_t *pending_total);
 int store_load_kv(store_row_fn fn, void *arg);
 int store_load_timers(store_row_fn fn, void *arg);
+/* Pending outbox entries that name handlers, counted: kind, target, on_result, count. */
+int store_load_outbox_handlers(store_row_fn fn, void *arg);
 int store_load_schedules(store_row_fn fn, void *arg);
 /* How many conversations there are, and how many are not closed. */
 int store_count_conversations(int64_t *all, int64_t *open);

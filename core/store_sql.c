@@ -592,6 +592,12 @@ int store_load_outbox_pending(int per_lane, store_row_fn fn, void *arg,
                      " WHERE rank <= ?1 ORDER BY id", per_lane, 1, window_row, &w);
 }
 
+int store_load_outbox_handlers(store_row_fn fn, void *arg)
+{
+    return load_rows("SELECT kind, target, on_result, count(*) FROM outbox WHERE state = 'pending'"
+                     " AND (kind = 'job' OR on_result IS NOT NULL) GROUP BY kind, target, on_result", 0, 0, fn, arg);
+}
+
 int store_load_kv(store_row_fn fn, void *arg)
 {
     return load_rows("SELECT key, value, expires FROM kv", 0, 0, fn, arg);

@@ -9,6 +9,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "handler_use.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
@@ -103,6 +104,8 @@ static void link_timer(struct sb_timer *t)
     tsearch(t, &timers_by_id, by_id);
     timers_count++;
     t->linked = 1;
+    if (!t->load_gen)
+        sb_handler_use("timer", t->handler, 1);
 }
 
 static void unlink_timer(struct sb_timer *t)
@@ -119,6 +122,8 @@ static void unlink_timer(struct sb_timer *t)
     tdelete(t, &timers_by_id, by_id);
     timers_count--;
     t->linked = 0;
+    if (!t->load_gen)
+        sb_handler_use("timer", t->handler, -1);
     if (t->ev)
         event_del(t->ev);
 }

@@ -18,7 +18,10 @@
 --   destinations_path = "getDestinations" (GET); its answer is an array of
 --   {destinationId, name, hasOnline} or {"destinations": [...]}; hasOnline may be
 --   a boolean or "true"/"false". Any 2xx answer to our calls is success.
-operator_api = {}
+local channels = require("channels")
+local desks = require("desks")
+local routing = require("routing")
+local operator_api = {}
 
 local v = require("validate")
 
@@ -207,3 +210,5 @@ for desk_name, inst in pairs(config.desks or {}) do
     timer.after(0, "operator_api.register", { desk = desk_name })
   end
 end
+
+return operator_api

@@ -5,13 +5,15 @@
 --   out: sendMessage (with an inline keyboard for buttons) and
 --        answerCallbackQuery, through the outbox.
 -- Instance config: { type = "telegram", token =, secret_token =, api_base = "https://api.telegram.org", bot = }
-telegram = {}
+local channels = require("channels")
+local flow = require("flow")
+local telegram = {}
 
 local MAX_TEXT = 4096   -- characters per sendMessage
 
 -- The token stays out of the stored call: the outbox fills it in.
 local function method_url(name, inst, method)
-  return (inst.api_base or "https://api.telegram.org") .. "/bot" .. secret_ref("channels", name, "token") .. "/" .. method
+  return (inst.api_base or "https://api.telegram.org") .. "/bot" .. channels.secret_ref("channels", name, "token") .. "/" .. method
 end
 
 -- A string we can store: valid UTF-8 without NUL (the store refuses NUL).
@@ -157,3 +159,5 @@ end
 
 channels.adapters.telegram = telegram
 route("POST", "/v1/channels/{instance}/telegram", "telegram.receive")
+
+return telegram

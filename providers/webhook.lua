@@ -4,7 +4,9 @@
 --   out: POST <callback_url> through the outbox
 --        {"conversation_id","client_id","message":{"id","author":{"kind","name"},"text","buttons"?,"attachments"?}}
 -- Schema and errors: docs/conversations.md.
-webhook = {}
+local channels = require("channels")
+local flow = require("flow")
+local webhook = {}
 
 local v = require("validate")
 
@@ -110,7 +112,7 @@ function webhook.send(name, inst, conv, m)
   if m.buttons and #m.buttons > 0 then message.buttons = m.buttons end
   if m.attachments and #m.attachments > 0 then message.attachments = m.attachments end
   local headers = {}
-  if inst.callback_secret then headers.Authorization = "Bearer " .. secret_ref("channels", name, "callback_secret") end
+  if inst.callback_secret then headers.Authorization = "Bearer " .. channels.secret_ref("channels", name, "callback_secret") end
   outbox.send{
     conversation = conv, target = name, url = inst.callback_url, headers = headers,
     body = { conversation_id = conv.id, client_id = conv.client_id, message = message },
@@ -119,3 +121,5 @@ end
 
 channels.adapters.webhook = webhook
 route("POST", "/v1/channels/{instance}/messages", "webhook.receive")
+
+return webhook

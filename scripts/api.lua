@@ -1,7 +1,12 @@
 -- The /v1 API: reads, bot replies, the end of a live chat, dead letters,
 -- availability. Every endpoint needs an API token with the endpoint's scope
 -- (docs/security.md) and checks its whole input before it writes anything.
-api = {}
+local bots = require("bots")
+local channels = require("channels")
+local desks = require("desks")
+local flow = require("flow")
+local livechat = require("livechat")
+local api = {}
 
 local v = require("validate")
 
@@ -353,3 +358,5 @@ route("GET", "/v1/conversations/{id}/events", "api.events")
 route("POST", "/v1/conversations/{id}/replies", "api.replies")
 route("GET", "/v1/outbox/dead", "api.dead")
 route("POST", "/v1/outbox/dead/{id}/retry", "api.retry_dead")
+
+return api

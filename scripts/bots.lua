@@ -2,7 +2,9 @@
 -- client message reaches it. Every bot call goes through the outbox, so it
 -- survives a restart and is retried like any delivery, in order per
 -- conversation.
-bots = {}
+local channels = require("channels")
+local flow = require("flow")
+local bots = {}
 
 function bots.for_channel(channel)
   local inst = channels.instance(channel)
@@ -16,7 +18,7 @@ end
 local function call_bot(conv, name, bot, body, lua_handler, lua_data)
   if bot.type == "http" then
     local headers = {}
-    if bot.secret then headers.Authorization = "Bearer " .. secret_ref("bots", name, "secret") end
+    if bot.secret then headers.Authorization = "Bearer " .. channels.secret_ref("bots", name, "secret") end
     body.conversation_id, body.client_id, body.channel = conv.id, conv.client_id, conv.channel
     body.client = conv.client
     outbox.send{
@@ -100,3 +102,5 @@ function bots.run_lua(data)
     flow.bot_replies(conv, out.replies or out, data.bot)
   end
 end
+
+return bots

@@ -4,7 +4,7 @@
 
 -- Instances configured under config[key], served by adapters registered by
 -- type: the shape shared by channels and desks (scripts/desks.lua).
-function adapter_registry(key)
+local function registry(key)
   local r = { adapters = {} }
   function r.instance(name)
     local all = config[key]
@@ -19,13 +19,14 @@ function adapter_registry(key)
   return r
 end
 
-channels = adapter_registry("channels")
+local channels = registry("channels")
+channels.registry = registry
 
 -- A reference to a secret of the config for an outbound call: the outbox
 -- stores "${section.name.key}" and fills the value in when it makes the
 -- call, so a token never sits in the store, a dead letter or a log line
 -- (docs/security.md). section is "channels", "desks" or "bots".
-function secret_ref(section, name, key)
+function channels.secret_ref(section, name, key)
   if type(name) ~= "string" or not name:match("^[%w_%-]+$") then
     error("instance name '" .. tostring(name) .. "' cannot name a secret: use letters, digits, _ and -", 2)
   end
@@ -88,3 +89,5 @@ for name, inst in pairs(config.channels or {}) do
     end
   end
 end
+
+return channels

@@ -11,7 +11,9 @@
 -- desks.agent_closed and desks.group_changed. Those take the desk instance
 -- name and act only on a conversation in a live chat with that instance
 -- (docs/handoff.md, "What a desk may touch").
-desks = adapter_registry("desks")
+local channels = require("channels")
+local livechat = require("livechat")
+local desks = channels.registry("desks")
 
 local v = require("validate")
 
@@ -243,3 +245,5 @@ function desks.group_changed(name, conversation_id, group, opts)
   conv:set{ data = data }
   return {}
 end
+
+return desks

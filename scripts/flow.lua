@@ -1,6 +1,10 @@
 -- Conversation flow: what happens to a client message, and how bot replies
 -- become messages to the client.
-flow = {}
+local bots = require("bots")
+local channels = require("channels")
+local desks = require("desks")
+local livechat = require("livechat")
+local flow = {}
 
 local profile_fields = {
   name = true, email = true, phone = true, page_url = true, start_page = true, ip = true,
@@ -141,3 +145,5 @@ function flow.bot_replies(conv, replies, bot_name)
   if plan then livechat.execute(conv, plan, bot_name) end
   return ids
 end
+
+return flow

@@ -2,7 +2,11 @@
 -- agent group on the channel's desk; the chat ends on a close phrase, when
 -- the agent ends it, after inactivity, or by the API/a rule, and the bot gets
 -- the conversation back. Field reference: docs/handoff.md.
-livechat = {}
+local bots = require("bots")
+local channels = require("channels")
+local desks = require("desks")
+local routing = require("routing")
+local livechat = {}
 
 local FIELDS = {
   destination = "destination", firstMessage = "first_message", lastMessage = "last_message",
@@ -235,3 +239,5 @@ function livechat.closed_by_client(conv, m)
   conv:set_state("bot", "close phrase")
   bots.deliver(conv, m)
 end
+
+return livechat

@@ -5,7 +5,7 @@
 -- A destination the desk does not know is an error in the log and falls back
 -- to rule 2, then 3. `known` is a set of destination ids (nil: the desk's list
 -- is not available, so every destination is taken as known).
-routing = {}
+local routing = {}
 
 local function known_to(known, id)
   return known == nil or known[id] ~= nil
@@ -63,3 +63,5 @@ function routing.map_group(desk, platform_group, page_url)
   end
   return nil
 end
+
+return routing
