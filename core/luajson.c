@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -152,6 +153,43 @@ static int json_encode(lua_State *L)
     return 1;
 }
 
+/* Reading one value out of a JSON text from outside (a failed response's
+ * body, for the outbox): in a Lua state of its own with a small memory cap,
+ * closed at once, so no runtime's memory, budget or registry is touched. */
+
+#define READ_MEMORY_MAX (8u << 20)
+
+struct read_memory {
+    size_t used;
+};
+
+static void *read_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct read_memory *m = ud;
+    size_t old = ptr ? osize : 0;
+    void *p;
+    if (nsize == 0) {
+        free(ptr);
+        m->used -= old;
+        return NULL;
+    }
+    if (nsize > old && m->used - old + nsize > READ_MEMORY_MAX)
+        return NULL;
+    p = realloc(ptr, nsize);
+    if (p)
+        m->used = m->used - old + nsize;
+    return p;
+}
+
+struct read_args {
+    const char *json, *path;
+    size_t len;
+    double *number;
+    char *text;
+    size_t text_size;
+    int result;
+};
+
 static void call_cjson_setting(lua_State *L, int cjson, const char *fn, int arg_is_bool, int value)
 {
     lua_getfield(L, cjson, fn);
@@ -160,6 +198,67 @@ static void call_cjson_setting(lua_State *L, int cjson, const char *fn, int arg_
     else
         lua_pushinteger(L, value);
     lua_call(L, 1, 0);
+}
+
+/* In protected mode: decodes, walks the path (a segment of digits indexes
+ * an array from 1), keeps a number or a string found there. */
+static int read_path(lua_State *L)
+{
+    struct read_args *a = lua_touserdata(L, 1);
+    const char *seg = a->path;
+    int cjson;
+    luaopen_cjson(L);
+    cjson = lua_gettop(L);
+    call_cjson_setting(L, cjson, "decode_max_depth", 0, 64);
+    call_cjson_setting(L, cjson, "decode_invalid_numbers", 1, 0);
+    lua_getfield(L, cjson, "decode");
+    lua_pushlstring(L, a->json, a->len);
+    lua_call(L, 1, 1);
+    while (*seg) {
+        const char *dot = strchr(seg, '.');
+        size_t n = dot ? (size_t)(dot - seg) : strlen(seg), i;
+        int digits = n > 0 && n < 10;
+        if (lua_type(L, -1) != LUA_TTABLE)
+            return 0;
+        for (i = 0; i < n && digits; i++)
+            digits = seg[i] >= '0' && seg[i] <= '9';
+        if (digits)
+            lua_rawgeti(L, -1, (lua_Integer)strtol(seg, NULL, 10));
+        else {
+            lua_pushlstring(L, seg, n);
+            lua_rawget(L, -2);
+        }
+        lua_remove(L, -2);
+        seg += n + (dot ? 1 : 0);
+    }
+    if (lua_type(L, -1) == LUA_TNUMBER) {
+        *a->number = lua_tonumber(L, -1);
+        a->result = 1;
+    } else if (lua_type(L, -1) == LUA_TSTRING && a->text_size > 0) {
+        size_t n;
+        const char *s = lua_tolstring(L, -1, &n);
+        if (n >= a->text_size)
+            n = a->text_size - 1;
+        memcpy(a->text, s, n);
+        a->text[n] = '\0';
+        a->result = 2;
+    }
+    return 0;
+}
+
+int sb_json_read_path(const char *json, size_t len, const char *path, double *number, char *text, size_t text_size)
+{
+    struct read_memory m = { 0 };
+    struct read_args a = { json, path, len, number, text, text_size, 0 };
+    lua_State *L = lua_newstate(read_alloc, &m);
+    if (!L)
+        return 0;
+    lua_pushcfunction(L, read_path);
+    lua_pushlightuserdata(L, &a);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+        a.result = 0;   /* not JSON, too deep, too large: nothing there */
+    lua_close(L);
+    return a.result;
 }
 
 /* Pushes the sentinel of a new runtime and its JSON form ["..."]. */
