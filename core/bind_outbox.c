@@ -89,7 +89,7 @@ static int push_hint(lua_State *L, int t, const char *field, int header_allowed)
 {
     int type = lua_getfield(L, t, field);                          /* +1 */
     const char *header = NULL, *json = NULL;
-    if (type == LUA_TNIL) {
+    if (type == LUA_TNIL || type == LUA_TLIGHTUSERDATA) {   /* json.null counts as absent */
         lua_pop(L, 1);
         return 0;
     }

@@ -253,6 +253,18 @@ static void finish_dead(struct ob_entry *e, const char *reason)
     finished(e);
 }
 
+/* One line per failed attempt that will be made again: what the platform
+ * said, and the wait it asked for (or the backoff). */
+static void log_retry(const struct ob_entry *e, const char *reason, double delay)
+{
+    char id[24], attempts[16], wait[32];
+    snprintf(id, sizeof id, "%lld", (long long)e->id);
+    snprintf(attempts, sizeof attempts, "%d", e->attempts);
+    snprintf(wait, sizeof wait, "%.3f", delay);
+    sb_log(SB_LOG_INFO, "outbox: attempt failed, retrying", "id", id, "target", e->target, "attempts", attempts,
+           "retry_in", wait, "reason", reason, "conversation", e->conversation_id, NULL);
+}
+
 /* A failed attempt: retry later, or dead-letter when out of attempts/age. */
 static void finish_failed(struct ob_entry *e, const char *reason, double retry_after)
 {
@@ -270,14 +282,7 @@ static void finish_failed(struct ob_entry *e, const char *reason, double retry_a
         return;
     }
     e->next_attempt = now + delay;
-    {
-        char id[24], attempts[16], wait[32];
-        snprintf(id, sizeof id, "%lld", (long long)e->id);
-        snprintf(attempts, sizeof attempts, "%d", e->attempts);
-        snprintf(wait, sizeof wait, "%.3f", delay);
-        sb_log(SB_LOG_INFO, "outbox: attempt failed, retrying", "id", id, "target", e->target, "attempts", attempts,
-               "retry_in", wait, "reason", reason, "conversation", e->conversation_id, NULL);
-    }
+    log_retry(e, reason, delay);
     store_submit_system(store_update_outbox(e->id, "pending", e->attempts, e->next_attempt, reason, 0, 0));
     ob_counters.retried++;
     ob_attempt_over(e);
