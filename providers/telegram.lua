@@ -90,6 +90,7 @@ function telegram.receive(req)
       outbox.send{
         conversation = conv, target = name, url = method_url(name, inst, "answerCallbackQuery"),
         body = { callback_query_id = q.id },
+        retry_after = { json = "parameters.retry_after" }, error_text = { json = "description" },
       }
     end
   end
@@ -145,6 +146,7 @@ function telegram.send(name, inst, conv, m)
     outbox.send{
       conversation = conv, target = name, url = method_url(name, inst, "sendMessage"), body = body,
       on_result = "telegram.on_sent", context = { conversation = conv.id, message = m.id },
+      retry_after = { json = "parameters.retry_after" }, error_text = { json = "description" },
     }
   end
 end
