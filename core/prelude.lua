@@ -159,4 +159,19 @@ function engine.run_outbox_job(name, data_json, info)
   end
 end
 
+-- An event handler: handler(event), where event = {id, name, conversation,
+-- at, attempt, data} (docs/events.md). Returning false (or raising) makes
+-- the attempt fail, so it is retried with backoff.
+function engine.run_event(handler, event, data_json)
+  local fn = handler
+  if type(handler) == "string" then fn = resolve(handler) end
+  if type(fn) ~= "function" then
+    error("event handler '" .. tostring(handler) .. "' is not a function", 0)
+  end
+  event.data = json_decode(data_json)
+  if fn(event) == false then
+    error("event handler asked for a retry", 0)
+  end
+end
+
 return engine
