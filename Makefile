@@ -30,7 +30,7 @@ CORE_SRCS = core/util.c core/log.c core/metrics.c core/config.c core/store_sqlit
             core/runtime.c core/job.c core/luajson.c core/bind_core.c core/bind_http.c core/bind_conv.c \
             core/bind_read.c core/bind_outbox.c core/bind_timer.c core/bind_state.c core/bind_route.c \
             core/bind_events.c \
-            core/bindings.c core/loader.c core/server.c core/conn.c
+            core/bindings.c core/loader.c core/server.c core/conn.c core/sse.c
 MAIN_SRC  = core/main.c
 CORE_OBJS = $(CORE_SRCS:core/%.c=$(BUILD)/%.o)
 MAIN_OBJ  = $(BUILD)/main.o

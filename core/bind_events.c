@@ -1,6 +1,8 @@
 /* Lua bindings of the event bus (bus.c):
  *   events.on(name, handler [, opts])        -- at the top level of a script
  *   events.agent_status(desk, agent, status) -- publishes agent.status_changed
+ *   events.valid(pattern)                    -- true, or false and why
+ *   events.stream{after, events, conversation, channels}  -- a route's answer: an SSE stream (sse.c)
  * and the runner that starts event handlers as jobs. A runtime's
  * subscriptions live in its registry (SUBS_KEY): subscriber id -> {handler,
  * pattern}; the bus knows only ids and patterns, so a handler always runs on
@@ -19,9 +21,12 @@
 #include "job.h"
 #include "luajson.h"
 #include "runtime.h"
+#include "sse.h"
 #include "txn.h"
 
 #define SUBS_KEY "sb.subscriptions"
+#define STREAM_MT "sb.event_stream"
+#define STREAM_PATTERNS_MAX 32
 #define ID_MAX 200
 #define FIELD_MAX 256
 
@@ -145,11 +150,137 @@ static int events_agent_status(lua_State *L)
     return 0;
 }
 
+/* events.valid(pattern) -> true | false, why */
+static int events_valid(lua_State *L)
+{
+    char err[200];
+    if (sb_bus_check_pattern(luaL_checkstring(L, 1), err, sizeof err) == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, err);
+    return 2;
+}
+
+/* The stream a route returns: a userdata owning the request until the
+ * server takes it (or the collector frees it). */
+struct stream_ud {
+    struct sb_sse_request *r;
+};
+
+static int stream_gc(lua_State *L)
+{
+    struct stream_ud *u = luaL_checkudata(L, 1, STREAM_MT);
+    sb_sse_request_free(u->r);
+    u->r = NULL;
+    return 0;
+}
+
+/* Reads t.field as an array of strings into the filter (add). */
+static void string_list(lua_State *L, int t, const char *field, struct sb_bus_filter *f, int patterns)
+{
+    lua_Integer i, n;
+    int type = lua_getfield(L, t, field);
+    if (type == LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (type != LUA_TTABLE)
+        luaL_error(L, "events.stream: %s must be an array of strings", field);
+    n = (lua_Integer)lua_rawlen(L, -1);
+    if (patterns && n > STREAM_PATTERNS_MAX)
+        luaL_error(L, "events.stream: at most %d event patterns", STREAM_PATTERNS_MAX);
+    if (!patterns)
+        f->restricted = 1;
+    for (i = 1; i <= n; i++) {
+        char err[200];
+        const char *s;
+        if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
+            luaL_error(L, "events.stream: %s must be an array of strings", field);
+        s = lua_tostring(L, -1);
+        if (patterns && sb_bus_check_pattern(s, err, sizeof err))
+            luaL_error(L, "events.stream: %s", err);
+        if (patterns)
+            sb_bus_filter_add_pattern(f, s);
+        else
+            sb_bus_filter_add_channel(f, s);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/* events.stream{after =, events =, conversation =, channels =} -> 200, stream:
+ * what a route returns to answer with an event stream (docs/events.md). */
+static int events_stream(lua_State *L)
+{
+    struct sb_job *job = sb_job_running();
+    struct stream_ud *u;
+    struct sb_sse_request *r;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!job || job->kind != SB_JOB_HTTP)
+        return luaL_error(L, "events.stream: only a route's handler can answer with a stream");
+    lua_settop(L, 1);
+    u = lua_newuserdatauv(L, sizeof *u, 0);                  /* 2 */
+    u->r = NULL;
+    luaL_setmetatable(L, STREAM_MT);
+    u->r = r = sb_xcalloc(1, sizeof *r);
+    r->filter = sb_bus_filter_new();
+    r->after = -1;
+    if (lua_getfield(L, 1, "after") != LUA_TNIL) {
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0)
+            return luaL_error(L, "events.stream: after must be an event id (an integer >= 0)");
+        r->after = (int64_t)lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
+    switch (lua_getfield(L, 1, "conversation")) {
+    case LUA_TNIL:
+        break;
+    case LUA_TSTRING:
+        r->filter->conversation = sb_xstrdup(lua_tostring(L, -1));
+        break;
+    default:
+        return luaL_error(L, "events.stream: conversation must be a conversation id");
+    }
+    lua_pop(L, 1);
+    string_list(L, 1, "events", r->filter, 1);
+    string_list(L, 1, "channels", r->filter, 0);
+    lua_pushinteger(L, 200);
+    lua_insert(L, 2);
+    return 2;
+}
+
+/* Whether v is a stream userdata (for run_route). */
+static int events_is_stream(lua_State *L)
+{
+    lua_pushboolean(L, luaL_testudata(L, 1, STREAM_MT) != NULL);
+    return 1;
+}
+
+struct sb_sse_request *sb_bind_events_take_stream(lua_State *L, int idx)
+{
+    struct stream_ud *u = luaL_testudata(L, idx, STREAM_MT);
+    struct sb_sse_request *r;
+    if (!u)
+        return NULL;
+    r = u->r;
+    u->r = NULL;
+    return r;
+}
+
 void sb_bind_events_open(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
-        { "on", events_on }, { "agent_status", events_agent_status }, { NULL, NULL }
+        { "on", events_on }, { "agent_status", events_agent_status }, { "valid", events_valid },
+        { "stream", events_stream }, { "_is_stream", events_is_stream }, { NULL, NULL }
     };
+    if (luaL_newmetatable(L, STREAM_MT)) {
+        lua_pushcfunction(L, stream_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushliteral(L, "event stream");
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_pop(L, 1);
     luaL_newlib(L, funcs);
     lua_setglobal(L, "events");
 }

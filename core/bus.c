@@ -131,6 +131,54 @@ int sb_bus_check_pattern(const char *pattern, char *err, size_t err_size)
     return -1;
 }
 
+struct sb_bus_filter *sb_bus_filter_new(void) { return sb_xcalloc(1, sizeof(struct sb_bus_filter)); }
+
+static void add_string(char ***v, int *n, const char *s)
+{
+    *v = sb_xrealloc(*v, (size_t)(*n + 1) * sizeof **v);
+    (*v)[(*n)++] = sb_xstrdup(s);
+}
+
+void sb_bus_filter_add_pattern(struct sb_bus_filter *f, const char *pattern)
+{
+    add_string(&f->patterns, &f->npatterns, pattern);
+}
+
+void sb_bus_filter_add_channel(struct sb_bus_filter *f, const char *channel)
+{
+    add_string(&f->channels, &f->nchannels, channel);
+}
+
+int sb_bus_filter_match(const struct sb_bus_filter *f, const struct sb_bus_event *ev)
+{
+    int i, ok = f->npatterns == 0;
+    for (i = 0; i < f->npatterns && !ok; i++)
+        ok = sb_bus_pattern_match(f->patterns[i], ev->name);
+    if (!ok || (f->conversation && strcmp(f->conversation, ev->conversation) != 0))
+        return 0;
+    if (!f->restricted)
+        return 1;
+    for (i = 0; i < f->nchannels && ev->conversation[0] && ev->channel; i++)
+        if (!strcmp(f->channels[i], ev->channel))
+            return 1;
+    return 0;
+}
+
+void sb_bus_filter_free(struct sb_bus_filter *f)
+{
+    int i;
+    if (!f)
+        return;
+    for (i = 0; i < f->npatterns; i++)
+        free(f->patterns[i]);
+    for (i = 0; i < f->nchannels; i++)
+        free(f->channels[i]);
+    free(f->patterns);
+    free(f->channels);
+    free(f->conversation);
+    free(f);
+}
+
 void sb_bus_journal(struct sb_txn *t, const char *type, const char *data_json)
 {
     sb_txn_write(t, store_insert_event("", type, data_json, sb_now_wall(), sb_txn_event_depth(t)));

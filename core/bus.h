@@ -51,6 +51,24 @@ int sb_bus_known_name(const char *name);
 int sb_bus_check_pattern(const char *pattern, char *err, size_t err_size);
 int sb_bus_pattern_match(const char *pattern, const char *name);
 
+/* What a reader outside the engine wants: events matching one of the
+ * patterns (none: all), of one conversation (NULL: any) and, when
+ * restricted, only of conversations in the listed channels (then never an
+ * event without a conversation). */
+struct sb_bus_filter {
+    char **patterns;
+    int npatterns;
+    char *conversation;
+    char **channels;
+    int nchannels;
+    int restricted;
+};
+struct sb_bus_filter *sb_bus_filter_new(void);
+void sb_bus_filter_add_pattern(struct sb_bus_filter *f, const char *pattern);
+void sb_bus_filter_add_channel(struct sb_bus_filter *f, const char *channel);
+int sb_bus_filter_match(const struct sb_bus_filter *f, const struct sb_bus_event *ev);
+void sb_bus_filter_free(struct sb_bus_filter *f);
+
 /* Journals an engine event without a conversation (agent.status_changed's
  * "agent_status") as part of t: it commits with t's other writes or not at all. */
 void sb_bus_journal(struct sb_txn *t, const char *type, const char *data_json);

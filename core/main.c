@@ -32,6 +32,7 @@
 #include "outbox.h"
 #include "runtime.h"
 #include "server.h"
+#include "sse.h"
 #include "store.h"
 #include "timer.h"
 #include "txn.h"
@@ -160,6 +161,7 @@ static unsigned reload(struct sb_error *err)
     sb_txn_end(txn);
     apply_settings(rt->cfg);
     sb_server_configure(rt->cfg);
+    sb_sse_configure(rt->cfg);
     reloads_ok++;
     snprintf(gen_s, sizeof gen_s, "%u", generation);
     sb_log(SB_LOG_INFO, "reload ok", "generation", gen_s, NULL);
@@ -211,6 +213,7 @@ static void on_sigterm(evutil_socket_t fd, short what, void *arg)
         return; /* already stopping */
     sb_log(SB_LOG_INFO, "stopping", "signal", what == SIGINT ? "INT" : "TERM", NULL);
     sb_server_stop_accepting();
+    sb_sse_close_all();
     sb_timers_pause();
     sb_outbox_pause();
     sb_bus_pause();
@@ -443,6 +446,7 @@ int main(int argc, char **argv)
         sb_log(SB_LOG_ERROR, "cannot listen", "host", rt->cfg->listen_host, "port", port, NULL);
         goto out;
     }
+    sb_sse_configure(rt->cfg);
     log_listening();
     sb_outbox_start();
     sb_bus_start();
@@ -464,6 +468,7 @@ out:
     sb_jobs_abort_all();
     sb_bus_pause();       /* the cursors' last writes go with the store's last batch */
     store_close();        /* commits what is pending; held replies go out */
+    sb_sse_close_all();
     sb_bus_free_all();
     sb_server_free();
     sb_timers_free_all();

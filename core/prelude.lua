@@ -7,6 +7,8 @@ local gmatch, floor = string.gmatch, math.floor
 local G = _G
 local json_encode, json_decode = json.encode, json.decode
 local http_error = http_error
+local is_stream = events._is_stream
+events._is_stream = nil
 
 local engine = {}
 
@@ -111,6 +113,8 @@ function engine.run_route(name, req)
   local ctype
   if body == nil then
     body = ""
+  elseif is_stream(body) then
+    ctype = "text/event-stream"   -- events.stream{...}: the server streams (sse.c)
   elseif type(body) == "table" then
     body = json_encode(body)
     ctype = "application/json"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import threading
 
 import pytest
 
@@ -373,3 +375,297 @@ def test_subscriptions_only_at_load_and_names_checked(fakes, daemon):
                                           'events.on("tag.*", "x.z", { id = "same" })\n')
     resp = daemon.reload()
     assert resp.status == 422 and "used twice" in resp.json()["error"]["message"], resp
+
+
+# --------------------------------------------------------------------------
+# the SSE stream
+# --------------------------------------------------------------------------
+
+
+class SseClient:
+    """A client of GET /v1/events/stream on a raw socket: reads the chunked
+    body on a thread and parses the events (``id``, ``event``, ``data``) and
+    comment lines as they come."""
+
+    def __init__(self, daemon, query="", token=API_TOKEN, headers=None, method="GET"):
+        self.sock = socket.create_connection((daemon.host, daemon.port), timeout=20)
+        h = {"Host": "switchboard", "Accept": "text/event-stream"}
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        h.update(headers or {})
+        head = f"{method} /v1/events/stream{query} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
+        self.sock.sendall((head + "\r\n").encode())
+        self._buf = b""
+        self.events, self.comments, self.retry = [], [], None
+        self.ended = False      # the last chunk came: a clean end
+        self.closed = False     # the connection is over (cleanly or not)
+        self._text = ""
+        self._lock = threading.Lock()
+        self.status, self.headers = self._read_head()
+        self.body = b""
+        if self.status == 200 and method == "GET":
+            self._thread = threading.Thread(target=self._read_chunks, daemon=True)
+            self._thread.start()
+        else:
+            n = int(self.headers.get("content-length", "0"))
+            self.body = self._read_exact(n)
+            self.sock.close()
+
+    def _recv(self):
+        d = self.sock.recv(65536)
+        if not d:
+            raise EOFError
+        self._buf += d
+
+    def _read_line(self) -> bytes:
+        while b"\r\n" not in self._buf:
+            self._recv()
+        line, self._buf = self._buf.split(b"\r\n", 1)
+        return line
+
+    def _read_exact(self, n) -> bytes:
+        while len(self._buf) < n:
+            self._recv()
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def _read_head(self):
+        status = int(self._read_line().split()[1])
+        headers = {}
+        while True:
+            line = self._read_line().decode()
+            if not line:
+                return status, headers
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+
+    def _read_chunks(self):
+        try:
+            while True:
+                size = int(self._read_line().split(b";")[0], 16)
+                if size == 0:
+                    self._read_line()
+                    self.ended = True
+                    return
+                self._parse(self._read_exact(size).decode())
+                self._read_line()
+        except (EOFError, OSError, ValueError):
+            pass
+        finally:
+            self.closed = True
+
+    def _parse(self, text):
+        self._text += text
+        while "\n\n" in self._text:
+            block, self._text = self._text.split("\n\n", 1)
+            ev = {}
+            for line in block.split("\n"):
+                if line.startswith(":"):
+                    with self._lock:
+                        self.comments.append(line[1:].strip())
+                    continue
+                field, _, value = line.partition(": ")
+                if field == "retry":
+                    self.retry = int(value)
+                elif field in ("id", "event", "data"):
+                    ev[field] = value
+            if "event" in ev:
+                ev["id"] = int(ev["id"]) if "id" in ev else None
+                ev["data"] = json.loads(ev["data"])
+                with self._lock:
+                    self.events.append(ev)
+
+    def got(self, name=None) -> list:
+        with self._lock:
+            return [e for e in self.events if name in (None, e["event"])]
+
+    def ids(self) -> list:
+        return [e["id"] for e in self.got() if e["event"] != "reset"]
+
+    def wait(self, pred, timeout=15.0, what="stream events"):
+        """Waits until pred(events so far) holds; returns those events."""
+        return wait_until(lambda: (lambda evs: evs if pred(evs) else None)(self.got()), timeout=timeout,
+                          message=f"{what} (got so far: {self.got()!r})")
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+@pytest.fixture
+def streams():
+    made = []
+
+    def open_stream(daemon, **kw):
+        s = SseClient(daemon, **kw)
+        made.append(s)
+        return s
+
+    yield open_stream
+    for s in made:
+        s.close()
+
+
+CLOSE_ROUTE = """
+function close_route(req)
+  conversations.get(req.query.id):set_state("closed", "test")
+  return 200, { ok = true }
+end
+route("POST", "/test/close", "close_route")
+"""
+
+
+def test_stream_gets_live_events_in_order(fakes, daemon, streams):
+    api, _cb = echo_daemon(daemon, fakes, "", events={"stream_heartbeat": 0.2})
+    s = streams(daemon)
+    assert s.status == 200 and s.headers["content-type"] == "text/event-stream", s.headers
+    assert s.retry == 3000
+    conv_id = api.send("c-1", "hello")["conversation_id"]
+    evs = s.wait(lambda e: len([x for x in e if x["event"] == "message.created"]) == 2)
+    assert [e["event"] for e in evs] == ["conversation.created", "message.created", "message.created"]
+    first = evs[0]
+    assert first["data"] == {"id": first["id"], "name": "conversation.created", "conversation": conv_id,
+                             "at": first["data"]["at"], "data": {"channel": "web", "client_id": "c-1"}}
+    assert evs[1]["data"]["data"]["text"] == "hello" and evs[1]["data"]["data"]["author"]["kind"] == "client"
+    assert [e["id"] for e in evs] == sorted(e["id"] for e in evs)
+    # quiet: comment lines keep the connection alive
+    wait_until(lambda: len(s.comments) >= 2, message="heartbeat comments")
+    assert daemon.metric("switchboard_event_streams_open") == 1
+
+
+def test_stream_resumes_after_last_event_id_without_gap_or_duplicate(fakes, daemon, streams):
+    api, _cb = echo_daemon(daemon, fakes, "")
+    whole = streams(daemon)
+    api.send("c-1", "one")
+    whole.wait(lambda e: len(e) == 3)
+    seen_before = whole.ids()[-1]
+    api.send("c-2", "two")
+    api.send("c-1", "three")
+    whole.wait(lambda e: len(e) == 8)
+    missed = [i for i in whole.ids() if i > seen_before]
+
+    resumed = streams(daemon, headers={"Last-Event-ID": str(seen_before)})
+    resumed.wait(lambda e: len(e) == len(missed))
+    assert resumed.ids() == missed
+    assert [e["data"] for e in resumed.got()] == [e["data"] for e in whole.got() if e["id"] > seen_before]
+    # the seam: live events follow the replayed ones, once each
+    api.send("c-2", "four")
+    whole.wait(lambda e: len(e) == 10)
+    resumed.wait(lambda e: len(e) == len(missed) + 2)
+    assert resumed.ids() == [i for i in whole.ids() if i > seen_before]
+    # ?last_event_id= does the same
+    by_query = streams(daemon, query=f"?last_event_id={seen_before}")
+    by_query.wait(lambda e: len(e) == len(missed) + 2)
+    assert by_query.ids() == resumed.ids()
+
+
+def test_stream_filters(fakes, daemon, streams):
+    api, _cb = echo_daemon(daemon, fakes, "")
+    c1 = api.send("c-1", "one")["conversation_id"]
+    only_msgs = streams(daemon, query="?events=message.created,livechat.*")
+    only_c1 = streams(daemon, query=f"?conversation={c1}&events=conversation.*,message.*")
+    c2 = api.send("c-2", "two")["conversation_id"]
+    api.send("c-1", "three")
+    only_msgs.wait(lambda e: len(e) == 4)
+    assert {e["event"] for e in only_msgs.got()} == {"message.created"}
+    only_c1.wait(lambda e: len(e) == 2)
+    assert {e["data"]["conversation"] for e in only_c1.got()} == {c1}
+    assert c2 != c1
+    for bad in ("?events=message.craeted", "?events=", "?last_event_id=x1", "?conversation=nope"):
+        s = SseClient(daemon, query=bad)
+        assert s.status in (400, 404), (bad, s.status, s.body)
+        assert json.loads(s.body)["error"]["code"] in ("invalid_parameter", "not_found")
+    s = SseClient(daemon, headers={"Last-Event-ID": "-3"})
+    assert s.status == 400 and json.loads(s.body)["error"]["code"] == "invalid_parameter"
+
+
+def test_stream_auth_scope_and_bot_bound_tokens(fakes, daemon, streams):
+    cb = fakes.callback()
+    install_lua_tree(daemon)
+    daemon.write_script("scripts/bots/echo.lua", 'local M = {}\nfunction M.on_message() return { replies = {} } end\n'
+                                                 'return M\n')
+    daemon.write_config(
+        api_token=API_TOKEN,
+        api_tokens=[{"name": "writer", "token": "w-token", "scopes": ["write"]},
+                    {"name": "b2", "token": "b2-token", "scopes": ["read"], "bot": "two"}],
+        store={"sync": "normal"},
+        channels={"web": {"type": "webhook", "secret": "s1", "callback_url": cb.callback_url, "bot": "one"},
+                  "web2": {"type": "webhook", "secret": "s2", "callback_url": cb.callback_url, "bot": "two"}},
+        bots={"one": {"type": "lua", "module": "bots.echo"}, "two": {"type": "lua", "module": "bots.echo"}},
+        desks={"support": {"type": "operator_api", "api_url": "http://127.0.0.1:9/x", "api_key": "k",
+                           "public_url": "http://127.0.0.1:9"}},
+    )
+    write_rules(daemon, "")
+    daemon.start()
+    assert SseClient(daemon, token=None).status == 401
+    assert SseClient(daemon, token="wrong").status == 401
+    s = SseClient(daemon, token="w-token")
+    assert s.status == 403 and json.loads(s.body)["error"]["code"] == "insufficient_scope"
+
+    everything = streams(daemon)
+    mine = streams(daemon, token="b2-token")
+    api = Api(daemon)
+    c1 = api.send("c-1", "one", instance="web", secret="s1")["conversation_id"]
+    c2 = api.send("c-2", "two", instance="web2", secret="s2")["conversation_id"]
+    assert daemon.post("/test/agent_status", json.dumps({"desk": "support", "agent": "a", "status": "away"})).status == 200
+    api.send("c-2", "again", instance="web2", secret="s2")
+    everything.wait(lambda e: len(e) == 6)
+    mine.wait(lambda e: len(e) == 3)
+    assert {e["data"]["conversation"] for e in mine.got()} == {c2}
+    assert c1 in {e["data"].get("conversation") for e in everything.got()}
+    assert "agent.status_changed" in {e["event"] for e in everything.got()}
+    # another bot's conversation is no conversation at all
+    s = SseClient(daemon, token="b2-token", query=f"?conversation={c1}")
+    assert s.status == 404
+
+
+def test_stream_cap_gives_503(fakes, daemon, streams):
+    api, _cb = echo_daemon(daemon, fakes, "", events={"stream_max": 2})
+    a = streams(daemon)
+    streams(daemon)
+    full = SseClient(daemon)
+    assert full.status == 503 and json.loads(full.body)["error"]["code"] == "too_many_streams"
+    assert full.headers.get("retry-after") == "5"
+    assert daemon.metric("switchboard_event_streams_refused_total") == 1
+    a.close()
+    daemon.wait_metric("switchboard_event_streams_open", lambda v: v == 1)
+    again = streams(daemon)
+    assert again.status == 200
+    api.send("c-1", "hello")
+    again.wait(lambda e: len(e) == 3)
+
+
+def test_stream_reset_when_the_journal_no_longer_holds_the_id(fakes, daemon, streams):
+    api, _cb = echo_daemon(daemon, fakes, CLOSE_ROUTE, retention={"closed_conversations": 0.5},
+                           maintenance={"interval": 0.2})
+    old = api.send("c-old", "hello")["conversation_id"]
+    api.wait_messages(old, lambda ms: len(ms) == 2)
+    assert daemon.post(f"/test/close?id={old}").status == 200
+    wait_until(lambda: api.get(f"/v1/conversations/{old}").status == 404, message="the closed conversation pruned")
+    new = api.send("c-new", "hello")["conversation_id"]
+    api.wait_messages(new, lambda ms: len(ms) == 2)
+    s = streams(daemon, headers={"Last-Event-ID": "1"})
+    evs = s.wait(lambda e: len(e) >= 4)
+    reset = evs[0]
+    assert reset["event"] == "reset" and reset["data"]["reason"] == "expired"
+    assert reset["data"]["last_event_id"] == 1 and reset["id"] == reset["data"]["resume_after"]
+    assert all(e["id"] > reset["id"] for e in evs[1:])
+    assert {e["data"]["conversation"] for e in evs[1:]} == {new}
+    # an id the journal never gave: from now on
+    s2 = streams(daemon, headers={"Last-Event-ID": "999999"})
+    first = s2.wait(lambda e: len(e) >= 1)[0]
+    assert first["event"] == "reset" and first["data"]["reason"] == "unknown_id"
+
+
+def test_streams_end_cleanly_at_shutdown_without_holding_it(fakes, daemon, streams):
+    api, _cb = echo_daemon(daemon, fakes, "", shutdown_grace=20)
+    s = streams(daemon)
+    api.send("c-1", "hello")
+    s.wait(lambda e: len(e) == 3)
+    daemon.send_signal(signal.SIGTERM)
+    wait_until(lambda: s.closed, timeout=5, message="the stream to end")
+    assert s.ended, "the stream ended without its last chunk"
+    assert daemon.wait_exit(timeout=5) == 0
