@@ -339,8 +339,7 @@ static void reader_fetched(void *arg, const struct store_rows *rows, const char 
                 all = 0;
                 break;
             }
-            r->ops->take(r->arg, ev);
-            room--;
+            room = r->ops->take(r->arg, ev) ? room - 1 : 0;
         }
         if (ev->id > r->read_to)
             r->read_to = ev->id;
@@ -372,10 +371,8 @@ static void reader_pump(struct sb_bus_reader *r)
         }
         for (i = tail_index_after(r->read_to); i < tail_n && room > 0; i++) {
             struct sb_bus_event *ev = tail_at(i);
-            if (r->ops->wants(r->arg, ev)) {
-                r->ops->take(r->arg, ev);
-                room--;
-            }
+            if (r->ops->wants(r->arg, ev))
+                room = r->ops->take(r->arg, ev) ? room - 1 : 0;
             r->read_to = ev->id;
         }
         if (i == tail_n)

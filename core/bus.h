@@ -79,7 +79,8 @@ struct sb_bus_reader;
 struct sb_bus_reader_ops {
     int (*room)(void *arg);                                     /* events it can take now */
     int (*wants)(void *arg, const struct sb_bus_event *ev);     /* its filter */
-    void (*take)(void *arg, struct sb_bus_event *ev);           /* refs the event if it keeps it */
+    /* refs the event if it keeps it; returns 0 when it wants no more now */
+    int (*take)(void *arg, struct sb_bus_event *ev);
 };
 struct sb_bus_reader *sb_bus_reader_new(int64_t after, const struct sb_bus_reader_ops *ops, void *arg);
 /* It has room again: looked at from the loop, soon. */

@@ -82,7 +82,13 @@ static struct event *drain_ev, *flush_ev;
 static sb_bus_run_fn runner;
 static int started, paused, stopping, in_flight;
 
-void sb_bus_configure(const struct sb_bus_settings *s) { settings = *s; }
+static void schedule_drain(void);
+
+void sb_bus_configure(const struct sb_bus_settings *s)
+{
+    settings = *s;
+    schedule_drain();   /* a larger concurrency may start more now */
+}
 void sb_bus_set_runner(sb_bus_run_fn fn) { runner = fn; }
 
 static int cmp_lane(const void *a, const void *b)
@@ -290,7 +296,7 @@ static int sub_wants(void *arg, const struct sb_bus_event *ev)
     return 0;
 }
 
-static void sub_take(void *arg, struct sb_bus_event *ev)
+static int sub_take(void *arg, struct sb_bus_event *ev)
 {
     struct bus_sub *s = arg;
     struct bus_pending *p = sb_xcalloc(1, sizeof *p);
@@ -312,6 +318,7 @@ static void sub_take(void *arg, struct sb_bus_event *ev)
         l->head = p;
     l->tail = p;
     lane_ready(l);
+    return 1;
 }
 
 static const struct sb_bus_reader_ops sub_reader_ops = { sub_room, sub_wants, sub_take };

@@ -1,14 +1,15 @@
 /* Event streams (sse.h): a stream is a reply started with
  * evhttp_send_reply_start and fed one chunk per event by its bus reader.
  *
- * Pacing: the reader takes more events only while less than LOW_WATER bytes
- * wait to be sent, and is woken when the connection's output has drained;
- * a client that does not keep up falls behind and catches up from the
- * journal, without memory growing. A stream whose unsent output still
- * passes events.stream_buffer_bytes (very large events, a client that
- * stopped reading) is closed; so is one whose client does not read for
- * http.idle_timeout (the write timeout). The client sends nothing while it
- * streams, so there is no read timeout.
+ * Pacing: the reader takes events only while less than a quarter of
+ * events.stream_buffer_bytes waits to be sent, and is woken when the
+ * connection's output has drained; a client that does not keep up falls
+ * behind and catches up from the journal, without memory growing. A stream
+ * that still has more than events.stream_buffer_bytes unsent when the next
+ * chunk is due (events larger than that, a client that stopped reading) is
+ * closed; so is one whose client reads nothing for http.idle_timeout (the
+ * write timeout). The client sends nothing while it streams, so there is
+ * no read timeout.
  *
  * Ending: evhttp detaches the request when the client goes and frees the
  * connection; conn.c tells us first (sb_conn_watch_close), and a detached
@@ -36,8 +37,7 @@
 #include "store.h"
 #include "util.h"
 
-#define LOW_WATER (64 * 1024)    /* a stream takes more events while less than this waits to be sent */
-#define BATCH 64                 /* events a stream takes at once */
+#define BATCH 64                 /* events a stream takes at once, at most */
 #define RETRY_MS 3000            /* the reconnection delay suggested to clients */
 
 struct stream {
@@ -171,15 +171,19 @@ static void drained(struct evhttp_connection *evcon, void *arg)
         sb_bus_reader_kick(s->reader);
 }
 
+/* The unsent output that makes a stream stop taking events. */
+static size_t low_water(void) { return (size_t)buffer_max / 4; }
+
 static void send_chunk(struct stream *s, struct evbuffer *b)
 {
-    size_t waiting;
+    size_t waiting = unsent(s);
     if (s->closing)
         return;
-    evhttp_send_reply_chunk_with_cb(s->req, b, drained, s);
-    waiting = unsent(s);
-    if ((long)waiting > buffer_max)
+    if ((long)waiting > buffer_max) {
         close_slow(s, waiting);
+        return;
+    }
+    evhttp_send_reply_chunk_with_cb(s->req, b, drained, s);
 }
 
 static void send_text(struct stream *s, const char *text)
@@ -195,7 +199,7 @@ static void send_text(struct stream *s, const char *text)
 static int stream_room(void *arg)
 {
     struct stream *s = arg;
-    return !s->closing && unsent(s) < LOW_WATER ? BATCH : 0;
+    return !s->closing && unsent(s) < low_water() ? BATCH : 0;
 }
 
 static int stream_wants(void *arg, const struct sb_bus_event *ev)
@@ -204,7 +208,7 @@ static int stream_wants(void *arg, const struct sb_bus_event *ev)
     return sb_bus_filter_match(s->r->filter, ev);
 }
 
-static void stream_take(void *arg, struct sb_bus_event *ev)
+static int stream_take(void *arg, struct sb_bus_event *ev)
 {
     struct stream *s = arg;
     struct evbuffer *b = evbuffer_new();
@@ -214,6 +218,7 @@ static void stream_take(void *arg, struct sb_bus_event *ev)
     evbuffer_add(b, "\n\n", 2);
     send_chunk(s, b);
     evbuffer_free(b);
+    return !s->closing && unsent(s) < low_water();
 }
 
 static const struct sb_bus_reader_ops stream_ops = { stream_room, stream_wants, stream_take };

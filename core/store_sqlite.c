@@ -755,7 +755,7 @@ void store_close(void)
         if (notify_pipe[i] >= 0)
             close(notify_pipe[i]), notify_pipe[i] = -1;
     poisoned = 0;
-    last_seq = finished_seq = failed_from = failed_through = 0;
+    last_seq = finished_seq = failed_from = failed_through = recovered_through = 0;
     batches_in_flight = 0;
 }
 
