@@ -290,7 +290,7 @@ static void tail_read(void)
     if (tail_reading || stopped || nreaders == 0 || committed <= tail_to || !store_running())
         return;
     tail_reading = 1;
-    tail_upto = store_last_event_id();
+    tail_upto = store_sent_event_id();
     store_fetch_bus_events(tail_to, READ_PAGE, tail_fetched, NULL);
 }
 
@@ -365,7 +365,7 @@ static void reader_pump(struct sb_bus_reader *r)
         }
         if (r->read_to < tail_from) {
             r->reading = 1;
-            r->read_upto = store_last_event_id();
+            r->read_upto = store_sent_event_id();
             store_fetch_bus_events(r->read_to, READ_PAGE, reader_fetched, r);
             return;
         }

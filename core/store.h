@@ -148,6 +148,9 @@ int store_running(void);
 
 /* The newest journal event id given out (its batch may not have committed). */
 int64_t store_last_event_id(void);
+/* The newest journal event id in a batch already sent to the store thread:
+ * a read queued now runs after that batch committed (or failed). */
+int64_t store_sent_event_id(void);
 /* Called on the loop thread when a batch holding journal events committed,
  * with the newest id it held. */
 void store_set_events_hook(void (*hook)(int64_t last_id));
@@ -205,8 +208,9 @@ void store_fetch_outbox_entry(int64_t id, store_fetch_fn fn, void *arg);
 /* Journal events that are engine events (docs/events.md) with id > after,
  * oldest first, at most limit: id, conversation_id, channel (NULL when the
  * conversation is gone or there is none), depth, created, bus name, data
- * (JSON). A read returning fewer than limit rows saw every event id given
- * out before it was asked for. */
+ * (JSON). It reads what committed: the open batch is not sent ahead of it.
+ * A read returning fewer than limit rows saw every event up to
+ * store_sent_event_id() as it was when the read was asked for. */
 void store_fetch_bus_events(int64_t after, int limit, store_fetch_fn fn, void *arg);
 /* The oldest and newest event id the journal holds (0, 0 when empty). */
 void store_fetch_event_bounds(store_fetch_fn fn, void *arg);

@@ -95,12 +95,14 @@ static void (*batch_hook)(uint64_t seq, int ok);
 static int flushing;
 static uint64_t recovered_through;
 static int64_t last_event_id;                /* journal event ids, given in batch order */
+static int64_t sent_event_id;                /* the newest of them in a batch sent to the thread */
 static void (*events_hook)(int64_t last_id);
 
 void store_set_flush_hook(void (*hook)(void)) { flush_hook = hook; }
 void store_set_batch_hook(void (*hook)(uint64_t seq, int ok)) { batch_hook = hook; }
 void store_set_events_hook(void (*hook)(int64_t last_id)) { events_hook = hook; }
 int64_t store_last_event_id(void) { return last_event_id; }
+int64_t store_sent_event_id(void) { return sent_event_id; }
 
 /* Lets the flush hook add its coalesced writes to the open batch. */
 static void run_flush_hook(void)
@@ -378,6 +380,8 @@ static void *store_thread(void *arg)
 
 static void hand_over(struct work *w)
 {
+    if (w->kind == WORK_BATCH && w->last_event_id > sent_event_id)
+        sent_event_id = w->last_event_id;
     pthread_mutex_lock(&mu);
     w->next = NULL;
     if (todo_tail)
@@ -620,8 +624,10 @@ void store_read_page(enum store_page page, const struct store_page_query *q, sto
 
 /* A fetch's parameters, bound positionally: ?1 id, ?2 text, ?3 text2,
  * ?4 real, ?5 int, ?6 int. */
-static void fetch(enum fetch_kind kind, const char *id, const char *t2, const char *t3, double r, int64_t a,
-                  int64_t b, store_fetch_fn fn, void *arg)
+/* flush 0: the read does not send the open batch ahead of it (it needs only
+ * what is committed), so it does not cut group commits short. */
+static void fetch_queued(enum fetch_kind kind, const char *id, const char *t2, const char *t3, double r, int64_t a,
+                         int64_t b, store_fetch_fn fn, void *arg, int flush)
 {
     struct work *w;
     struct store_op *p;
@@ -642,7 +648,16 @@ static void fetch(enum fetch_kind kind, const char *id, const char *t2, const ch
     w->ops = w->ops_tail = p;
     w->fetch_fn = fn;
     w->arg = arg;
-    hand_over_read(w);
+    if (flush)
+        hand_over_read(w);
+    else
+        hand_over(w);
+}
+
+static void fetch(enum fetch_kind kind, const char *id, const char *t2, const char *t3, double r, int64_t a,
+                  int64_t b, store_fetch_fn fn, void *arg)
+{
+    fetch_queued(kind, id, t2, t3, r, a, b, fn, arg, 1);
 }
 
 void store_fetch_conversation(const char *id, const char *channel, const char *client_id, double keys_since,
@@ -672,7 +687,7 @@ void store_fetch_outbox_entry(int64_t id, store_fetch_fn fn, void *arg)
 
 void store_fetch_bus_events(int64_t after, int limit, store_fetch_fn fn, void *arg)
 {
-    fetch(FETCH_BUS_EVENTS, NULL, NULL, NULL, 0, after, limit, fn, arg);
+    fetch_queued(FETCH_BUS_EVENTS, NULL, NULL, NULL, 0, after, limit, fn, arg, 0);
 }
 
 void store_fetch_event_bounds(store_fetch_fn fn, void *arg)
@@ -755,6 +770,7 @@ void store_close(void)
         if (notify_pipe[i] >= 0)
             close(notify_pipe[i]), notify_pipe[i] = -1;
     poisoned = 0;
+    sent_event_id = 0;
     last_seq = finished_seq = failed_from = failed_through = recovered_through = 0;
     batches_in_flight = 0;
 }
