@@ -296,6 +296,39 @@ function never() state.set("timer_ran", true) end
     assert not [e for e in seen(daemon) if e["name"] == "tag.added"]
 
 
+def test_a_burst_is_held_a_window_at_a_time_and_handled_in_order(fakes, daemon):
+    """1300 events of one conversation in one commit, a subscriber stuck on
+    the first: memory holds a window of them, the rest waits in the journal
+    and comes in order once the handler works."""
+    rules = """
+function burst(req)
+  local conv = conversations.find_or_create("web", "burst")
+  for i = 1, tonumber(req.query.n) do conv:append{ author = { kind = "system" }, text = "b" .. i } end
+  return 200, { id = conv.id }
+end
+route("POST", "/test/burst", "burst")
+
+events.on("message.created", function(ev)
+  if not state.get("healed") then error("not yet") end
+  local last = state.get("last") or 0
+  if ev.data.seq ~= last + 1 then state.set("disorder", { after = last, got = ev.data.seq }) end
+  state.set("last", ev.data.seq)
+end, { id = "burst" })
+"""
+    echo_daemon(daemon, fakes, rules)
+    resp = daemon.post("/test/burst?n=1300")
+    assert resp.status == 200, resp
+    daemon.wait_metric("switchboard_events_failed_total", lambda v: v >= 2, subscriber="burst")
+    assert daemon.metric("switchboard_events_pending", subscriber="burst") == 256
+    assert daemon.metric("switchboard_events_tail") <= 1024
+    assert daemon.post("/test/heal").status == 200
+    wait_until(lambda: daemon.get("/test/state?key=last").json().get("value") == 1300, timeout=90,
+               message="the burst handled")
+    assert daemon.get("/test/state?key=disorder").json().get("value") is None
+    daemon.wait_metric("switchboard_events_pending", lambda v: v == 0, subscriber="burst")
+    daemon.wait_metric("switchboard_events_lag", lambda v: v == 0, subscriber="burst")
+
+
 # --------------------------------------------------------------------------
 # durability: a crash, reloads
 # --------------------------------------------------------------------------
