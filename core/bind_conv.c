@@ -369,6 +369,41 @@ static int m_set_state(lua_State *L)
     return 0;
 }
 
+/* Journals tag_added {tag} for each tag of the array at new_idx not in the
+ * one at old_idx, and tag_removed for the reverse: the bus names them
+ * tag.added / tag.removed (docs/events.md). Stack: [-0, +0]. */
+static void journal_tag_changes(lua_State *L, struct sb_txn *t, struct sb_conv *c, int old_idx, int new_idx)
+{
+    int pass, top = lua_gettop(L);
+    old_idx = lua_absindex(L, old_idx);
+    new_idx = lua_absindex(L, new_idx);
+    for (pass = 0; pass < 2; pass++) {
+        int from = pass ? new_idx : old_idx, other = pass ? old_idx : new_idx;
+        lua_Integer i, j, n = (lua_Integer)lua_rawlen(L, from), m = (lua_Integer)lua_rawlen(L, other);
+        for (i = 1; i <= n; i++) {
+            int found = 0;
+            const char *tag;
+            if (lua_rawgeti(L, from, i) != LUA_TSTRING) {
+                lua_pop(L, 1);
+                continue;
+            }
+            tag = lua_tostring(L, -1);
+            for (j = 1; j <= m && !found; j++) {
+                found = lua_rawgeti(L, other, j) == LUA_TSTRING && !strcmp(lua_tostring(L, -1), tag);
+                lua_pop(L, 1);
+            }
+            if (!found) {
+                lua_createtable(L, 0, 1);
+                lua_pushvalue(L, -2);
+                lua_setfield(L, -2, "tag");
+                sb_json_encode_at(L, -1);
+                sb_conv_journal(t, c, pass ? "tag_added" : "tag_removed", lua_tostring(L, -1));
+            }
+            lua_settop(L, top);
+        }
+    }
+}
+
 /* conv:set{desk=, group=, agent=, status=, tags=, client=, data=}; json.null
  * or false clears a field. Every field is checked before any changes. */
 static int m_set(lua_State *L)
@@ -376,7 +411,7 @@ static int m_set(lua_State *L)
     static const char *const fields[] = { "desk", "group", "agent", "status", "tags", "client", "data" };
     enum { NFIELDS = 7, NSTRINGS = 4 };
     const char *values[NFIELDS];
-    int given[NFIELDS];
+    int given[NFIELDS], tags_idx = 0;
     struct sb_txn *t;
     struct sb_conv *c = check_owned(L, 1, &t);
     size_t i;
@@ -410,6 +445,7 @@ static int m_set(lua_State *L)
         } else if (i == NSTRINGS) {
             /* tags: an array of strings, "[]" when empty (cjson writes {} for an empty table) */
             lua_Integer k, n = (lua_Integer)lua_rawlen(L, -1);
+            tags_idx = lua_gettop(L);
             for (k = 1; k <= n; k++) {
                 if (lua_rawgeti(L, -1, k) != LUA_TSTRING)
                     return luaL_error(L, "set: tags must be an array of strings");
@@ -425,9 +461,19 @@ static int m_set(lua_State *L)
             values[i] = lua_tostring(L, -1);
         }
     }
+    if (given[NSTRINGS]) {
+        /* the tags before and after, for the tag events */
+        sb_json_decode(L, c->tags, strlen(c->tags));
+        if (tags_idx)
+            lua_pushvalue(L, tags_idx);
+        else
+            lua_newtable(L);
+    }
     for (i = 0; i < NFIELDS; i++)
         if (given[i])
             sb_conv_set_field(t, c, fields[i], values[i]);
+    if (given[NSTRINGS])
+        journal_tag_changes(L, t, c, -2, -1);
     return 0;
 }
 
@@ -467,6 +513,7 @@ static int tag_change(lua_State *L, int add)
         sb_json_mark_array(L, 4);   /* tags are an array, also when none is left */
         sb_json_encode_at(L, 4);
         sb_conv_set_field(t, c, "tags", lua_tostring(L, -1));
+        journal_tag_changes(L, t, c, 3, 4);
     }
     lua_pushboolean(L, present != add);
     return 1;

@@ -16,10 +16,12 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "bind_events.h"
 #include "job.h"
 #include "log.h"
 #include "runtime.h"
 #include "server.h"
+#include "sse.h"
 #include "util.h"
 
 static void route_done(struct sb_job *job, const struct sb_job_outcome *out)
@@ -40,6 +42,14 @@ static void route_done(struct sb_job *job, const struct sb_job_outcome *out)
     }
     /* run_route returned: status, body, content type or nil, headers */
     base = lua_gettop(co) - out->nresults;
+    {
+        struct sb_sse_request *stream = sb_bind_events_take_stream(co, base + 2);
+        if (stream) {
+            lua_settop(co, base);
+            sb_sse_start(req, route, stream);
+            return;
+        }
+    }
     status = (int)lua_tointeger(co, base + 1);
     body = lua_tolstring(co, base + 2, &len);
     ctype = lua_tostring(co, base + 3);

@@ -4,6 +4,7 @@
 #include "bind_conv.h"
 #include "bind_core.h"
 #include "bind_crypto.h"
+#include "bind_events.h"
 #include "bind_http.h"
 #include "bind_outbox.h"
 #include "bind_state.h"
@@ -20,10 +21,12 @@ void sb_bindings_open(struct sb_runtime *rt)
     sb_bind_state_open(rt->L);
     sb_bind_conv_open(rt->L);
     sb_bind_outbox_open(rt->L);
+    sb_bind_events_open(rt->L);
 }
 
 void sb_bindings_runners(void)
 {
     sb_bind_timer_runner();
     sb_bind_outbox_runner();
+    sb_bind_events_runner();
 }

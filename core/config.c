@@ -257,6 +257,29 @@ static int parse_table(lua_State *L, struct sb_config *cfg, const struct sb_over
     cfg->outbox_concurrency = (int)d;
     lua_pop(L, 1);
 
+    if (want_table(L, root, "events", err, file))
+        goto done;
+    sub = lua_gettop(L);
+    if (get_number(L, sub, "concurrency", 16, 1, 10000, &d, err, file, "events."))
+        goto done;
+    cfg->events_concurrency = (int)d;
+    if (get_number(L, sub, "max_attempts", 5, 1, 1000, &d, err, file, "events."))
+        goto done;
+    cfg->events_max_attempts = (int)d;
+    if (get_number(L, sub, "retry_max", 60, 0.001, 86400, &cfg->events_retry_max, err, file, "events.") ||
+        get_number(L, sub, "keep_cursors", 7 * 86400.0, 1, 86400.0 * 3650, &cfg->events_keep_cursors, err, file,
+                   "events.") ||
+        get_number(L, sub, "stream_heartbeat", 15, 0.01, 3600, &cfg->events_stream_heartbeat, err, file,
+                   "events."))
+        goto done;
+    if (get_number(L, sub, "stream_max", 64, 0, 100000, &d, err, file, "events."))
+        goto done;
+    cfg->events_stream_max = (int)d;
+    if (get_number(L, sub, "stream_buffer_bytes", 1 << 20, 4096, 1 << 30, &d, err, file, "events."))
+        goto done;
+    cfg->events_stream_buffer = (long)d;
+    lua_pop(L, 1);
+
     if (want_table(L, root, "http", err, file))
         goto done;
     sub = lua_gettop(L);

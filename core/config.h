@@ -50,6 +50,13 @@ struct sb_config {
     int outbox_max_attempts;
     double outbox_max_age, outbox_backoff_base, outbox_backoff_max, outbox_timeout;
     int outbox_concurrency;
+    int events_concurrency;         /* event handler jobs at once */
+    int events_max_attempts;        /* of a failing handler, before the event is dead */
+    double events_retry_max;        /* seconds between two attempts, at most */
+    double events_keep_cursors;     /* seconds a subscriber no load declares keeps its cursor */
+    int events_stream_max;          /* open SSE streams */
+    long events_stream_buffer;      /* bytes of unsent output before a stream is closed */
+    double events_stream_heartbeat; /* seconds between two comment lines on a quiet stream */
     struct lua_State *L;            /* owns the config table (registry ref table_ref) */
     int table_ref;
 };

@@ -40,6 +40,8 @@ struct sb_conn {
     struct evhttp_connection *evcon;   /* known once attached */
     int fd;
     int busy;                          /* requests handed to us, reply not yet written */
+    void (*closed_fn)(void *arg);      /* told when the connection goes (a stream) */
+    void *closed_arg;
     struct evbuffer_cb_entry *scan_cb;
     struct sb_head_scan scan;
 };
@@ -238,6 +240,11 @@ static void enlist(struct sb_conn *c, struct conn_list *l)
 /* Only while evhttp still holds the connection (its close callback). */
 static void conn_gone(struct sb_conn *c)
 {
+    if (c->closed_fn) {
+        void (*fn)(void *) = c->closed_fn;
+        c->closed_fn = NULL;
+        fn(c->closed_arg);
+    }
     if (c->scan_cb)
         evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->scan_cb);
     unlist(c);
@@ -383,9 +390,8 @@ void sb_conn_accepted(struct bufferevent *bev)
     event_active(attach_ev, EV_TIMEOUT, 0);
 }
 
-static struct sb_conn *conn_of(struct evhttp_request *req)
+static struct sb_conn *conn_of_evcon(struct evhttp_connection *evcon)
 {
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
     struct bufferevent *bev;
     struct sb_conn *c;
     if (!evcon)
@@ -395,6 +401,21 @@ static struct sb_conn *conn_of(struct evhttp_request *req)
     bev = evhttp_connection_get_bufferevent(evcon);
     c = bev ? slot_get((int)bufferevent_getfd(bev)) : NULL;
     return c && c->evcon == evcon ? c : NULL;
+}
+
+static struct sb_conn *conn_of(struct evhttp_request *req)
+{
+    return conn_of_evcon(evhttp_request_get_connection(req));
+}
+
+int sb_conn_watch_close(struct evhttp_connection *evcon, void (*fn)(void *arg), void *arg)
+{
+    struct sb_conn *c = conn_of_evcon(evcon);
+    if (!c)
+        return -1;
+    c->closed_fn = fn;
+    c->closed_arg = arg;
+    return 0;
 }
 
 void sb_conn_request_begin(struct evhttp_request *req)

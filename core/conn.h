@@ -46,6 +46,12 @@ void sb_conn_accepted(struct bufferevent *bev);
 void sb_conn_request_begin(struct evhttp_request *req);
 void sb_conn_request_end(struct evhttp_request *req);
 
+/* Calls fn(arg) once when the connection goes away, just before evhttp
+ * frees it (a reply streamed over it must stop); fn NULL stops watching.
+ * Returns -1 for a connection it does not know. */
+struct evhttp_connection;
+int sb_conn_watch_close(struct evhttp_connection *evcon, void (*fn)(void *arg), void *arg);
+
 /* For an error page evhttp itself answers with 400: 414 when the request
  * line went over http.max_header_bytes, 431 when the whole head did, 0
  * when neither (a genuinely malformed request). */

@@ -17,7 +17,6 @@
 void *cv_by_id;         /* tsearch: struct sb_conv * by id */
 static void *cv_by_client;     /* tsearch: struct client_key * by channel + client id */
 size_t cv_nall, cv_nopen, cv_nloaded;
-int64_t cv_next_event_id = 1;
 struct sb_conv_settings cv_settings = { 20, 86400, 300 };
 static struct sb_conv *cv_dirty_head;
 
@@ -484,7 +483,6 @@ int sb_conv_start(void)
 {
     int64_t all = 0, open = 0;
     store_set_flush_hook(flush_dirty);
-    cv_next_event_id = store_max_event_id() + 1;
     if (store_count_conversations(&all, &open))
         return -1;
     cv_nall = (size_t)all;

@@ -17,7 +17,7 @@
 
 static void event_op(struct sb_txn *t, struct sb_conv *c, const char *type, const char *data)
 {
-    sb_txn_write(t, store_insert_event(cv_next_event_id++, c->id, type, data, sb_now_wall()));
+    sb_txn_write(t, store_insert_event(c->id, type, data, sb_now_wall(), sb_txn_event_depth(t)));
 }
 
 static void changed(struct sb_txn *t, struct sb_conv *c)

@@ -21,7 +21,6 @@ struct seen_key {
 
 extern void *cv_by_id;                      /* tsearch: struct sb_conv * by id */
 extern size_t cv_nall, cv_nopen, cv_nloaded;
-extern int64_t cv_next_event_id;
 extern struct sb_conv_settings cv_settings;
 extern const char *const cv_state_names[SB_CONV_STATE_COUNT];
 extern const char *const cv_author_kinds[4];

@@ -25,7 +25,7 @@ struct sb_runtime;
 struct sb_txn;
 struct event;
 
-enum sb_job_kind { SB_JOB_LOAD, SB_JOB_HTTP, SB_JOB_TIMER, SB_JOB_OUTBOX };
+enum sb_job_kind { SB_JOB_LOAD, SB_JOB_HTTP, SB_JOB_TIMER, SB_JOB_OUTBOX, SB_JOB_EVENT };
 
 /* How a job ended. */
 enum sb_job_result {

@@ -16,6 +16,7 @@
 #include <lua.h>
 
 #include "bindings.h"
+#include "bus.h"
 #include "handler_use.h"
 #include "job.h"
 #include "log.h"
@@ -269,6 +270,7 @@ struct sb_runtime *sb_load_runtime(struct sb_config *cfg, unsigned generation, s
     return rt;
 fail:
     sb_timers_discard_load(generation);
+    sb_bus_discard_load(generation);
     sb_runtime_unref(rt);
     return NULL;
 }

@@ -18,6 +18,7 @@
 
 #include "bind_route.h"
 #include "bindings.h"
+#include "bus.h"
 #include "config.h"
 #include "conn.h"
 #include "conv.h"
@@ -32,6 +33,7 @@
 #include "outbox.h"
 #include "runtime.h"
 #include "server.h"
+#include "sse.h"
 #include "store.h"
 #include "timer.h"
 #include "txn.h"
@@ -71,6 +73,7 @@ static void apply_settings(const struct sb_config *cfg)
 {
     struct sb_outbox_settings os;
     struct sb_conv_settings cs;
+    struct sb_bus_settings bs;
     os.max_attempts = cfg->outbox_max_attempts;
     os.max_age = cfg->outbox_max_age;
     os.backoff_base = cfg->outbox_backoff_base;
@@ -84,6 +87,11 @@ static void apply_settings(const struct sb_config *cfg)
     cs.dedupe_window = cfg->dedupe_window;
     cs.idle_unload = cfg->memory_idle;
     sb_conv_configure(&cs);
+    bs.concurrency = cfg->events_concurrency;
+    bs.max_attempts = cfg->events_max_attempts;
+    bs.retry_max = cfg->events_retry_max;
+    bs.keep_cursors = cfg->events_keep_cursors;
+    sb_bus_configure(&bs);
     sb_timers_configure(cfg->timer_retry_max);
     sb_log_set_level(cfg->log_level);
     sb_httpclient_configure(cfg->http_client_max_response, cfg->http_client_max_connections);
@@ -150,9 +158,11 @@ static unsigned reload(struct sb_error *err)
         sb_log(SB_LOG_WARN, "store.sync changed in config: takes effect at restart", NULL);
     sb_runtime_swap(rt);
     sb_timers_commit_load(generation);
+    sb_bus_commit_load(generation);
     sb_txn_end(txn);
     apply_settings(rt->cfg);
     sb_server_configure(rt->cfg);
+    sb_sse_configure(rt->cfg);
     reloads_ok++;
     snprintf(gen_s, sizeof gen_s, "%u", generation);
     sb_log(SB_LOG_INFO, "reload ok", "generation", gen_s, NULL);
@@ -204,8 +214,10 @@ static void on_sigterm(evutil_socket_t fd, short what, void *arg)
         return; /* already stopping */
     sb_log(SB_LOG_INFO, "stopping", "signal", what == SIGINT ? "INT" : "TERM", NULL);
     sb_server_stop_accepting();
+    sb_sse_close_all();
     sb_timers_pause();
     sb_outbox_pause();
+    sb_bus_pause();
     stop_deadline = sb_now_mono() + sb_runtime_current()->cfg->shutdown_grace;
     drain_ev = evtimer_new(sb_base, drain_check, NULL);
     drain_check(-1, 0, NULL);
@@ -233,6 +245,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
         sb_conv_sweep();
     }
     sb_outbox_sweep();
+    sb_bus_sweep();
     store_submit_system(store_prune_keys(now - cfg->dedupe_window, 5000));
     if (cfg->keep_closed > 0)
         store_submit_system(store_prune_conversations(now - cfg->keep_closed, 500));
@@ -272,7 +285,7 @@ static int start_store(const struct sb_config *cfg, struct sb_error *err)
         return -1;
     sb_txn_init();
     apply_settings(cfg);
-    if (sb_conv_start() || sb_outbox_load() || sb_kv_load() || sb_timers_load()) {
+    if (sb_conv_start() || sb_outbox_load() || sb_kv_load() || sb_timers_load() || sb_bus_load()) {
         sb_error_set(err, cfg->data_dir, 0, "cannot load the store");
         return -1;
     }
@@ -312,6 +325,7 @@ static int run_check(void)
         return 1;
     }
     sb_txn_abort(txn);   /* a check changes nothing */
+    sb_bus_free_all();
     sb_runtime_unref(rt);
     sb_jobs_free();
     sb_metrics_free();
@@ -423,6 +437,7 @@ int main(int argc, char **argv)
         }
         sb_runtime_swap(rt);
         sb_timers_commit_load(generation);
+        sb_bus_commit_load(generation);
         sb_txn_end(txn);
     }
     apply_settings(rt->cfg);
@@ -432,8 +447,10 @@ int main(int argc, char **argv)
         sb_log(SB_LOG_ERROR, "cannot listen", "host", rt->cfg->listen_host, "port", port, NULL);
         goto out;
     }
+    sb_sse_configure(rt->cfg);
     log_listening();
     sb_outbox_start();
+    sb_bus_start();
 
     ev_hup = evsignal_new(sb_base, SIGHUP, on_sighup, NULL);
     ev_term = evsignal_new(sb_base, SIGTERM, on_sigterm, NULL);
@@ -450,7 +467,10 @@ int main(int argc, char **argv)
 out:
     sb_outbox_stop();
     sb_jobs_abort_all();
+    sb_bus_pause();       /* the cursors' last writes go with the store's last batch */
     store_close();        /* commits what is pending; held replies go out */
+    sb_sse_close_all();
+    sb_bus_free_all();
     sb_server_free();
     sb_timers_free_all();
     sb_runtime_swap(NULL);

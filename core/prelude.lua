@@ -8,6 +8,8 @@ local gmatch, floor = string.gmatch, math.floor
 local G = _G
 local json_encode, json_decode = json.encode, json.decode
 local http_error = http_error
+local is_stream = events._is_stream
+events._is_stream = nil
 
 local engine = {}
 
@@ -156,6 +158,8 @@ function engine.run_route(name, req)
   local ctype
   if body == nil then
     body = ""
+  elseif is_stream(body) then
+    ctype = "text/event-stream"   -- events.stream{...}: the server streams (sse.c)
   elseif type(body) == "table" then
     body = json_encode(body)
     ctype = "application/json"
@@ -201,6 +205,21 @@ function engine.run_outbox_job(name, data_json, info)
   if data_json ~= nil then data = json_decode(data_json) end
   if fn(data, info) == false then
     error("outbox job handler '" .. name .. "' asked for a retry", 0)
+  end
+end
+
+-- An event handler: handler(event), where event = {id, name, conversation,
+-- at, attempt, data} (docs/events.md). Returning false (or raising) makes
+-- the attempt fail, so it is retried with backoff.
+function engine.run_event(handler, event, data_json)
+  local fn = handler
+  if type(handler) == "string" then fn = resolve(handler) end
+  if type(fn) ~= "function" then
+    error("event handler '" .. tostring(handler) .. "' is not a function", 0)
+  end
+  event.data = json_decode(data_json)
+  if fn(event) == false then
+    error("event handler asked for a retry", 0)
   end
 end
 

@@ -33,6 +33,12 @@ static int rewriting;
 
 size_t sb_server_requests_open(void) { return requests_open; }
 
+void sb_server_request_gone(void)
+{
+    if (requests_open > 0)
+        requests_open--;
+}
+
 /* Requests answered, by route pattern and status. Label sets are few
  * (registered routes x statuses): a flat array that grows stays small. */
 struct http_count {
@@ -44,7 +50,7 @@ struct http_count {
 static struct http_count *http_counts;
 static size_t http_count_len, http_count_cap;
 
-static void count_request(const char *route, int status)
+void sb_server_count_reply(const char *route, int status)
 {
     size_t i;
     for (i = 0; i < http_count_len; i++) {
@@ -97,7 +103,7 @@ static void send_reply(struct evhttp_request *req, int status, const char *route
     own_output++;
     evhttp_send_reply(req, status, sb_http_reason(status), body);
     own_output--;
-    count_request(route, status);
+    sb_server_count_reply(route, status);
 }
 
 static void send_json(struct evhttp_request *req, int status, const char *route, struct evbuffer *body)
@@ -210,7 +216,7 @@ static void rewrite_error_page(struct evbuffer *buf, const struct evbuffer_cb_in
     rewriting = 0;
     evbuffer_free(keep);
     evbuffer_free(json);
-    count_request("rejected", status);
+    sb_server_count_reply("rejected", status);
 }
 
 static struct bufferevent *make_connection_bev(struct event_base *base, void *arg)

@@ -37,6 +37,12 @@ void sb_server_configure(const struct sb_config *cfg);
 void sb_server_stop_accepting(void);
 /* Requests received whose reply has not been fully written yet. */
 size_t sb_server_requests_open(void);
+/* A request whose connection went away while its reply was streamed:
+ * evhttp never completes it. */
+void sb_server_request_gone(void);
+/* Counts a reply in switchboard_http_requests_total (one sent other than
+ * through sb_server_reply / sb_server_error: a stream). */
+void sb_server_count_reply(const char *route, int status);
 /* The listening socket (to report an ephemeral port), or -1. */
 int sb_server_listen_fd(void);
 void sb_server_free(void);

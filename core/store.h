@@ -78,8 +78,12 @@ struct store_timer {
 struct store_op *store_put_conversation(const struct store_conversation *c);
 struct store_op *store_insert_message(const struct store_message *m);
 struct store_op *store_set_message_provider_ids(const char *message_id, const char *json);
-struct store_op *store_insert_event(int64_t id, const char *conversation_id, const char *type, const char *data,
-                                    double created);
+/* A journal event. Its id is given when the write joins a batch, so ids
+ * follow commit order: a read that returns event N saw every event below N
+ * that will ever commit. conversation_id "" for engine events without a
+ * conversation; depth: handler generations that led to it. */
+struct store_op *store_insert_event(const char *conversation_id, const char *type, const char *data, double created,
+                                    int depth);
 struct store_op *store_insert_key(const char *conversation_id, const char *key, const char *message_id, double created);
 struct store_op *store_insert_outbox(const struct store_outbox_entry *e);
 /* state: pending | delivered | dead. created > 0 replaces the entry's
@@ -94,6 +98,10 @@ struct store_op *store_delete_timer(int64_t id);
 /* The next firing of a script's load-time schedule, by its key. */
 struct store_op *store_put_schedule(const char *key, double next_due);
 struct store_op *store_delete_schedule(const char *key);
+/* A subscriber's position in the journal (every event <= cursor is done);
+ * seen: when a load last declared it. Never moves a stored cursor back. */
+struct store_op *store_put_cursor(const char *subscriber, int64_t cursor, double seen);
+struct store_op *store_delete_cursor(const char *subscriber);
 /* Retention: each deletes at most `limit` rows older than `before`
  * (finished outbox entries by their end, keys by their creation, closed
  * conversations with their messages, events and keys by their last change). */
@@ -138,6 +146,15 @@ uint64_t store_recover(void);
 
 /* 1 once store_start ran (reads are possible). */
 int store_running(void);
+
+/* The newest journal event id given out (its batch may not have committed). */
+int64_t store_last_event_id(void);
+/* The newest journal event id in a batch already sent to the store thread:
+ * a read queued now runs after that batch committed (or failed). */
+int64_t store_sent_event_id(void);
+/* Called on the loop thread when a batch holding journal events committed,
+ * with the newest id it held. */
+void store_set_events_hook(void (*hook)(int64_t last_id));
 
 /* Reads for the API: each answer is one JSON text, built by the store,
  * in the shapes docs/conversations.md documents for the read API. Cursors
@@ -189,6 +206,15 @@ void store_fetch_messages(const char *conversation_id, int64_t from_seq, int64_t
 void store_fetch_outbox_lane(const char *lane, int limit, store_fetch_fn fn, void *arg);
 /* One outbox entry, whatever its state (columns as below, then state). */
 void store_fetch_outbox_entry(int64_t id, store_fetch_fn fn, void *arg);
+/* Journal events that are engine events (docs/events.md) with id > after,
+ * oldest first, at most limit: id, conversation_id, channel (NULL when the
+ * conversation is gone or there is none), depth, created, bus name, data
+ * (JSON). It reads what committed: the open batch is not sent ahead of it.
+ * A read returning fewer than limit rows saw every event up to
+ * store_sent_event_id() as it was when the read was asked for. */
+void store_fetch_bus_events(int64_t after, int limit, store_fetch_fn fn, void *arg);
+/* The oldest and newest event id the journal holds (0, 0 when empty). */
+void store_fetch_event_bounds(store_fetch_fn fn, void *arg);
 
 /* Column orders of the rows above and of the start-up loaders:
  * conversation: id, channel, client_id, state, desk, grp, agent, status,
@@ -214,6 +240,8 @@ int store_load_timers(store_row_fn fn, void *arg);
 /* Pending outbox entries that name handlers, counted: kind, target, on_result, count. */
 int store_load_outbox_handlers(store_row_fn fn, void *arg);
 int store_load_schedules(store_row_fn fn, void *arg);
+/* Subscribers' cursors: subscriber, cursor, seen. */
+int store_load_cursors(store_row_fn fn, void *arg);
 /* How many conversations there are, and how many are not closed. */
 int store_count_conversations(int64_t *all, int64_t *open);
 /* Largest ids in use, so new ones never collide after a restart. */

@@ -69,9 +69,15 @@ static const char *const schema_v2 =
     "CREATE TABLE schedules(key TEXT PRIMARY KEY, next_due REAL NOT NULL) WITHOUT ROWID;";
 
 /* v3: an outbox entry keeps what its adapter declared about the platform's
- * failed responses (where the wait and the error text are). */
+ * failed responses (where the wait and the error text are); a journal event
+ * knows how many handler generations led to it (a guard against handlers
+ * feeding on their own events); each bus subscriber keeps its position in
+ * the journal. */
 static const char *const schema_v3 =
-    "ALTER TABLE outbox ADD COLUMN hints TEXT;";
+    "ALTER TABLE outbox ADD COLUMN hints TEXT;"
+    "ALTER TABLE events ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TABLE event_cursors(subscriber TEXT PRIMARY KEY, cursor INTEGER NOT NULL, seen REAL NOT NULL)"
+    "  WITHOUT ROWID;";
 
 static const char *const schemas[SCHEMA_VERSION + 1] = { NULL, schema_v1, schema_v2, schema_v3 };
 
@@ -88,7 +94,8 @@ static const char *const write_sql[OP_COUNT][MAX_STATEMENTS] = {
         "INSERT INTO messages(conversation_id, seq, id, author_kind, author_name, author_id, text,"
         " attachments, buttons, provider_ids, created) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)" },
     [OP_SET_PROVIDER_IDS] = { "UPDATE messages SET provider_ids=?2 WHERE id=?1" },
-    [OP_INSERT_EVENT] = { "INSERT INTO events(id, conversation_id, type, data, created) VALUES(?1,?2,?3,?4,?5)" },
+    [OP_INSERT_EVENT] = {
+        "INSERT INTO events(id, conversation_id, type, data, created, depth) VALUES(?1,?2,?3,?4,?5,?6)" },
     [OP_INSERT_KEY] = {
         "INSERT OR REPLACE INTO conversation_keys(conversation_id, key, message_id, created) VALUES(?1,?2,?3,?4)" },
     [OP_INSERT_OUTBOX] = {
@@ -107,6 +114,11 @@ static const char *const write_sql[OP_COUNT][MAX_STATEMENTS] = {
     [OP_DELETE_TIMER] = { "DELETE FROM timers WHERE id=?1" },
     [OP_PUT_SCHEDULE] = { "INSERT OR REPLACE INTO schedules(key, next_due) VALUES(?1,?2)" },
     [OP_DELETE_SCHEDULE] = { "DELETE FROM schedules WHERE key=?1" },
+    /* never backwards: a cursor write queued again after a failed batch may
+     * land after a newer one */
+    [OP_PUT_CURSOR] = { "INSERT INTO event_cursors(subscriber, cursor, seen) VALUES(?1,?2,?3)"
+                        " ON CONFLICT(subscriber) DO UPDATE SET cursor=max(cursor, ?2), seen=max(seen, ?3)" },
+    [OP_DELETE_CURSOR] = { "DELETE FROM event_cursors WHERE subscriber=?1" },
     [OP_PRUNE_OUTBOX] = {
         "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state=?1 AND finished < ?2 ORDER BY id LIMIT ?3)" },
     [OP_PRUNE_KEYS] = {
@@ -180,6 +192,24 @@ static const char *const page_sql[STORE_PAGE_COUNT] = {
                        " idem_key, attempts, next_attempt, created, hints"
 
 
+/* Journal types that are engine events (docs/events.md), with their bus
+ * names and data: a field change names its field, a message event carries
+ * the message's text and attachments. Every other type stays in the
+ * journal only. */
+#define BUS_TYPES                                                                                   \
+    "('created','message','state','desk','group','agent','tag_added','tag_removed','switch',"      \
+    "'livechat_started','livechat_finished','agent_status')"
+#define BUS_NAME                                                                                    \
+    "CASE e.type WHEN 'created' THEN 'conversation.created' WHEN 'message' THEN 'message.created'" \
+    " WHEN 'state' THEN 'conversation.state_changed' WHEN 'tag_added' THEN 'tag.added'"            \
+    " WHEN 'tag_removed' THEN 'tag.removed' WHEN 'switch' THEN 'livechat.requested'"               \
+    " WHEN 'livechat_started' THEN 'livechat.started' WHEN 'livechat_finished' THEN 'livechat.ended'" \
+    " WHEN 'agent_status' THEN 'agent.status_changed' ELSE 'conversation.assigned' END"
+#define BUS_DATA                                                                                    \
+    "CASE WHEN e.type IN ('desk','group','agent') THEN json_set(e.data, '$.field', e.type)"       \
+    " WHEN e.type = 'message' THEN json_set(e.data, '$.text', m.text, '$.attachments', json(m.attachments))" \
+    " ELSE json(e.data) END"
+
 /* A fetch runs its statements in order; each statement's rows get its
  * index as their tag. */
 static const char *const fetch_sql[FETCH_COUNT][2] = {
@@ -197,6 +227,12 @@ static const char *const fetch_sql[FETCH_COUNT][2] = {
         "SELECT " OUTBOX_COLUMNS " FROM outbox WHERE state='pending' AND lane=?2 ORDER BY id LIMIT ?6",
         NULL },
     [FETCH_OUTBOX_ENTRY] = { "SELECT " OUTBOX_COLUMNS ", state FROM outbox WHERE id=?5", NULL },
+    [FETCH_BUS_EVENTS] = {
+        "SELECT e.id, e.conversation_id, c.channel, e.depth, e.created, " BUS_NAME ", " BUS_DATA
+        " FROM events e LEFT JOIN conversations c ON c.id = e.conversation_id"
+        " LEFT JOIN messages m ON e.type = 'message' AND m.id = json_extract(e.data, '$.id')"
+        " WHERE e.id > ?5 AND e.type IN " BUS_TYPES " ORDER BY e.id LIMIT ?6", NULL },
+    [FETCH_EVENT_BOUNDS] = { "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM events", NULL },
 };
 
 /* Operations */
@@ -294,15 +330,16 @@ struct store_op *store_set_message_provider_ids(const char *message_id, const ch
     return op;
 }
 
-struct store_op *store_insert_event(int64_t id, const char *conversation_id, const char *type, const char *data,
-                                    double created)
+struct store_op *store_insert_event(const char *conversation_id, const char *type, const char *data, double created,
+                                    int depth)
 {
     struct store_op *op = op_new(OP_INSERT_EVENT);
-    put_int(op, id);
+    put_int(op, 0);   /* the id, given when the write joins a batch (store_submit) */
     put_str(op, conversation_id);
     put_str(op, type);
     put_str(op, data ? data : "{}");
     put_real(op, created);
+    put_int(op, depth);
     return op;
 }
 
@@ -416,6 +453,22 @@ struct store_op *store_delete_schedule(const char *key)
 {
     struct store_op *op = op_new(OP_DELETE_SCHEDULE);
     put_str(op, key);
+    return op;
+}
+
+struct store_op *store_put_cursor(const char *subscriber, int64_t cursor, double seen)
+{
+    struct store_op *op = op_new(OP_PUT_CURSOR);
+    put_str(op, subscriber);
+    put_int(op, cursor);
+    put_real(op, seen);
+    return op;
+}
+
+struct store_op *store_delete_cursor(const char *subscriber)
+{
+    struct store_op *op = op_new(OP_DELETE_CURSOR);
+    put_str(op, subscriber);
     return op;
 }
 
@@ -620,6 +673,11 @@ int store_load_timers(store_row_fn fn, void *arg)
 int store_load_schedules(store_row_fn fn, void *arg)
 {
     return load_rows("SELECT key, next_due FROM schedules", 0, 0, fn, arg);
+}
+
+int store_load_cursors(store_row_fn fn, void *arg)
+{
+    return load_rows("SELECT subscriber, cursor, seen FROM event_cursors", 0, 0, fn, arg);
 }
 
 static int64_t scalar(const char *sql)

@@ -57,6 +57,7 @@ struct work {
     store_fetch_fn fetch_fn;
     void *arg;
     int ok;
+    int64_t last_event_id;           /* batch: the newest journal event it holds */
     char *result;
     size_t result_len;
     struct store_rows rows;
@@ -93,9 +94,15 @@ static void (*flush_hook)(void);
 static void (*batch_hook)(uint64_t seq, int ok);
 static int flushing;
 static uint64_t recovered_through;
+static int64_t last_event_id;                /* journal event ids, given in batch order */
+static int64_t sent_event_id;                /* the newest of them in a batch sent to the thread */
+static void (*events_hook)(int64_t last_id);
 
 void store_set_flush_hook(void (*hook)(void)) { flush_hook = hook; }
 void store_set_batch_hook(void (*hook)(uint64_t seq, int ok)) { batch_hook = hook; }
+void store_set_events_hook(void (*hook)(int64_t last_id)) { events_hook = hook; }
+int64_t store_last_event_id(void) { return last_event_id; }
+int64_t store_sent_event_id(void) { return sent_event_id; }
 
 /* Lets the flush hook add its coalesced writes to the open batch. */
 static void run_flush_hook(void)
@@ -373,6 +380,8 @@ static void *store_thread(void *arg)
 
 static void hand_over(struct work *w)
 {
+    if (w->kind == WORK_BATCH && w->last_event_id > sent_event_id)
+        sent_event_id = w->last_event_id;
     pthread_mutex_lock(&mu);
     w->next = NULL;
     if (todo_tail)
@@ -439,6 +448,13 @@ uint64_t store_submit(struct store_op *op)
         return 0;
     }
     store_reserve();
+    if (op->type == OP_INSERT_EVENT) {
+        /* Batches commit in order and a job's writes never straddle two:
+         * ids given here follow commit order, which lets a reader of the
+         * journal keep one position (docs/events.md). */
+        op->v[0].i = ++last_event_id;
+        open_batch->last_event_id = last_event_id;
+    }
     append_op(open_batch, op);
     return open_batch->seq;
 }
@@ -493,6 +509,8 @@ static void batch_finished(struct work *w)
         x->fn(x->arg, w->ok);
         free(x);
     }
+    if (w->ok && w->last_event_id && events_hook)
+        events_hook(w->last_event_id);
     if (!w->ok)
         requeue_system_ops(w);
     /* Writes that arrived while this batch was committing go next, together. */
@@ -606,8 +624,10 @@ void store_read_page(enum store_page page, const struct store_page_query *q, sto
 
 /* A fetch's parameters, bound positionally: ?1 id, ?2 text, ?3 text2,
  * ?4 real, ?5 int, ?6 int. */
-static void fetch(enum fetch_kind kind, const char *id, const char *t2, const char *t3, double r, int64_t a,
-                  int64_t b, store_fetch_fn fn, void *arg)
+/* flush 0: the read does not send the open batch ahead of it (it needs only
+ * what is committed), so it does not cut group commits short. */
+static void fetch_queued(enum fetch_kind kind, const char *id, const char *t2, const char *t3, double r, int64_t a,
+                         int64_t b, store_fetch_fn fn, void *arg, int flush)
 {
     struct work *w;
     struct store_op *p;
@@ -628,7 +648,16 @@ static void fetch(enum fetch_kind kind, const char *id, const char *t2, const ch
     w->ops = w->ops_tail = p;
     w->fetch_fn = fn;
     w->arg = arg;
-    hand_over_read(w);
+    if (flush)
+        hand_over_read(w);
+    else
+        hand_over(w);
+}
+
+static void fetch(enum fetch_kind kind, const char *id, const char *t2, const char *t3, double r, int64_t a,
+                  int64_t b, store_fetch_fn fn, void *arg)
+{
+    fetch_queued(kind, id, t2, t3, r, a, b, fn, arg, 1);
 }
 
 void store_fetch_conversation(const char *id, const char *channel, const char *client_id, double keys_since,
@@ -656,6 +685,16 @@ void store_fetch_outbox_entry(int64_t id, store_fetch_fn fn, void *arg)
     fetch(FETCH_OUTBOX_ENTRY, NULL, NULL, NULL, 0, id, 0, fn, arg);
 }
 
+void store_fetch_bus_events(int64_t after, int limit, store_fetch_fn fn, void *arg)
+{
+    fetch_queued(FETCH_BUS_EVENTS, NULL, NULL, NULL, 0, after, limit, fn, arg, 0);
+}
+
+void store_fetch_event_bounds(store_fetch_fn fn, void *arg)
+{
+    fetch(FETCH_EVENT_BOUNDS, NULL, NULL, NULL, 0, 0, 0, fn, arg);
+}
+
 static void render_metrics(struct evbuffer *out)
 {
     sb_metrics_counter(out, "switchboard_store_batches_total", "Store transactions (group commits).", stats.batches);
@@ -675,6 +714,7 @@ int store_open(const char *data_dir, enum store_sync sync, struct sb_error *err)
         store_close();
         return -1;
     }
+    last_event_id = store_max_event_id();
     if (!metrics_registered) {
         sb_metrics_register(render_metrics);
         metrics_registered = 1;
@@ -730,7 +770,8 @@ void store_close(void)
         if (notify_pipe[i] >= 0)
             close(notify_pipe[i]), notify_pipe[i] = -1;
     poisoned = 0;
-    last_seq = finished_seq = failed_from = failed_through = 0;
+    sent_event_id = 0;
+    last_seq = finished_seq = failed_from = failed_through = recovered_through = 0;
     batches_in_flight = 0;
 }
 

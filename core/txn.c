@@ -18,6 +18,7 @@ struct sb_txn {
     struct effect *effects;
     size_t neffects, effects_cap;
     int touched;
+    int event_depth;
     uint64_t seq;                 /* once ended: its batch */
     const void *waiting_on;
     struct sb_txn *prev, *next;   /* the live list, then the ended list */
@@ -35,6 +36,8 @@ size_t sb_txn_uncommitted(void) { return nended; }
 uint64_t sb_txn_visible_seq(void) { return visible_seq; }
 void sb_txn_set_failure_hook(void (*hook)(void)) { failure_hook = hook; }
 void sb_txn_set_waiting(struct sb_txn *t, const void *what) { t->waiting_on = what; }
+void sb_txn_set_event_depth(struct sb_txn *t, int depth) { t->event_depth = depth; }
+int sb_txn_event_depth(const struct sb_txn *t) { return t->event_depth; }
 const void *sb_txn_waiting(const struct sb_txn *t) { return t->waiting_on; }
 
 struct sb_txn *sb_txn_new(void)

@@ -56,6 +56,12 @@ uint64_t sb_txn_visible_seq(void);
  * (the job layer stops their jobs). */
 void sb_txn_set_failure_hook(void (*hook)(void));
 
+/* How many event handlers led to this transaction (0 for a request, a
+ * timer ...): its journal events carry it, so the bus can stop a chain of
+ * handlers that feed on each other's events. */
+void sb_txn_set_event_depth(struct sb_txn *t, int depth);
+int sb_txn_event_depth(const struct sb_txn *t);
+
 /* For deadlock checks: what a transaction waits for (NULL: nothing). */
 void sb_txn_set_waiting(struct sb_txn *t, const void *what);
 const void *sb_txn_waiting(const struct sb_txn *t);

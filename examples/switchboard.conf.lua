@@ -75,6 +75,18 @@ return {
     timeout = 30,
   },
 
+  -- Engine events: script subscribers (events.on) and GET /v1/events/stream
+  -- (docs/events.md).
+  events = {
+    concurrency = 16,            -- handler jobs at once, all subscribers together
+    max_attempts = 5,            -- attempts of a failing handler, then the event is dead
+    retry_max = 60,              -- seconds between two attempts, at most (1, 2, 4 ... s)
+    keep_cursors = 7 * 86400,    -- seconds a subscriber no load declares keeps its cursor
+    stream_max = 64,             -- open event streams (503 beyond)
+    stream_buffer_bytes = 1048576, -- unsent output of one stream before it is closed
+    stream_heartbeat = 15,       -- seconds between two comment lines on a quiet stream
+  },
+
   -- A generic webhook channel answered by the demo bot. Its replies go to
   -- callback_url (nothing listens there out of the box: they wait in the
   -- outbox, retried, and end as dead letters you can list and retry).

@@ -346,6 +346,49 @@ function api.availability(req)
   return 200, { desk = desk, group = req.params.name, name = d.name, online = d.online == true }
 end
 
+-- ---------------------------------------------------------------- event stream
+
+local MAX_STREAM_PATTERNS = 32
+
+-- GET /v1/events/stream: engine events as Server-Sent Events (docs/events.md).
+-- ?events=message.created,livechat.* and ?conversation=<id> filter; the
+-- Last-Event-ID header (or ?last_event_id=) resumes after that event. A
+-- token bound to a bot sees its bot's channels' conversations only.
+function api.events_stream(req)
+  local who = auth(req, "read")
+  local q = req.query
+  local patterns
+  if q.events ~= nil then
+    patterns = {}
+    for name in q.events:gmatch("[^,]+") do
+      local ok, why = events.valid(name)
+      if not ok then http_error(400, "invalid_parameter", "events: " .. why) end
+      patterns[#patterns + 1] = name
+    end
+    if #patterns == 0 or #patterns > MAX_STREAM_PATTERNS then
+      http_error(400, "invalid_parameter", "events must list 1 to " .. MAX_STREAM_PATTERNS .. " event names")
+    end
+  end
+  local last = req.headers["last-event-id"] or q.last_event_id
+  if last ~= nil and (not v.digits(last) or #last > 15) then
+    http_error(400, "invalid_parameter", "Last-Event-ID must be an event id")
+  end
+  local conv_id
+  if q.conversation ~= nil then conv_id = conversation_for(who, q.conversation).id end
+  local channels_seen
+  if who.bot then
+    channels_seen = {}
+    for name in pairs(config.channels or {}) do
+      if bots.for_channel(name) == who.bot then channels_seen[#channels_seen + 1] = name end
+    end
+  end
+  return events.stream{
+    after = last and math.tointeger(tonumber(last)), events = patterns, conversation = conv_id,
+    channels = channels_seen,
+  }
+end
+
+route("GET", "/v1/events/stream", "api.events_stream")
 route("POST", "/v1/conversations/{id}/end", "api.end_chat")
 route("GET", "/v1/groups/{name}/availability", "api.availability")
 route("GET", "/v1/conversations", "api.conversations")

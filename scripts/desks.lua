@@ -209,11 +209,17 @@ function desks.agent_message(name, conversation_id, msg)
     text = msg.text or "", attachments = msg.attachments, dedupe_key = key,
   }
   if m.duplicate then return m end
-  if conv.state == "queued" then
+  local joined = conv.state == "queued"
+  if joined then
     conv:set_state("agent", "agent answered")
   end
   if employee.name or employee.id then
     conv:set{ agent = employee.name or employee.id }
+  end
+  if joined then
+    -- the bus's livechat.started (docs/events.md)
+    local lc = conv.data.livechat
+    conv:journal("livechat_started", { desk = name, group = lc.group, agent = employee.name, agent_id = employee.id })
   end
   livechat.touch(conv)
   channels.send(conv, m)
@@ -244,6 +250,14 @@ function desks.group_changed(name, conversation_id, group, opts)
   data.livechat.group = group
   conv:set{ data = data }
   return {}
+end
+
+-- An agent's status changed on desk `name` (online, offline, a custom
+-- status): published as agent.status_changed with the job's other writes.
+-- Adapters call it for the desk's status webhooks; the built-in desk will too.
+function desks.agent_status(name, agent, status)
+  if not desks.instance(name) then error("desks.agent_status: no desk named " .. tostring(name), 2) end
+  events.agent_status(name, agent, status)
 end
 
 return desks

@@ -207,7 +207,12 @@ end
 -- conversation back to the bot (with livechatFinished, except when the
 -- client's close phrase is itself passed to the bot).
 -- reason: "client" | "agent" | "inactivity" | "api" | "rule". Returns true if a chat ended.
+local END_REASONS = { client = true, agent = true, inactivity = true, api = true, rule = true }
+
 function livechat.finish(conv, reason, opts)
+  if not END_REASONS[reason] then
+    error("livechat.finish: reason must be client, agent, inactivity, api or rule, got " .. tostring(reason), 2)
+  end
   opts = opts or {}
   local data = conv.data
   local lc = data.livechat

@@ -110,7 +110,7 @@ CASES = {
     (503, "shutting_down"): [("keep-alive", shutting_down, {"lua": {"job_timeout": 10}}, None)],
     (503, "store_unavailable"): [("file-size-limit", lambda d: d.post("/big"), {}, no_file_growth)],
     (504, "job_timeout"): [("sleep", lambda d: d.get("/nap"), {}, None)],
-    # produced by the engine's scripts (scripts/api.lua, providers/webhook.lua)
+    # produced by the engine's scripts (scripts/api.lua, providers/webhook.lua) and what they return
     (403, "insufficient_scope"): [("read-token-ends-a-chat", lambda d: d.post(
         "/v1/conversations/00000000000000000000/end", headers={"Authorization": "Bearer read-only"}),
         {"_engine": True, "api_tokens": [{"name": "ro", "token": "read-only", "scopes": ["read"]}]}, None)],
@@ -119,6 +119,9 @@ CASES = {
         headers={"Authorization": "Bearer web-secret", "Content-Type": "application/json"}),
         {"_engine": True, "channels": {"web": {"type": "webhook", "secret": "web-secret",
                                                "callback_url": "http://127.0.0.1:9/cb"}}}, None)],
+    (503, "too_many_streams"): [("stream-cap-zero", lambda d: d.get(
+        "/v1/events/stream", headers={"Authorization": "Bearer api-token"}),
+        {"_engine": True, "api_token": "api-token", "events": {"stream_max": 0}}, None)],
 }
 
 

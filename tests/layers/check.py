@@ -2,10 +2,11 @@
 """Layers of the C core, checked from its #include lines (make test).
 
 A module is a .c file with its .h (some span several files: store_*,
-conv_*, outbox_*, lpattern_*). Fails when
+conv_*, outbox_*, bus_*, lpattern_*). Fails when
   - modules include each other in a circle (any cycle), or
-  - a model module (the store, transactions, conversations, outbox, timers,
-    state, schedules) includes a Lua header or the job/runtime/binding layer.
+  - a model module (the store, transactions, conversations, outbox, the
+    event bus, timers, state, schedules) includes a Lua header or the
+    job/runtime/binding/serving layers.
 Prints one line per check and "N passed, N failed".
 """
 import os
@@ -13,14 +14,14 @@ import re
 import sys
 
 CORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "core")
-MODEL = {"store", "txn", "conv", "outbox", "timer", "kvstate", "schedule"}
-UPPER = re.compile(r"^(job|runtime|loader|bindings|bind_\w+|luajson|server|prelude_lua)$")
+MODEL = {"store", "txn", "conv", "outbox", "bus", "timer", "kvstate", "schedule"}
+UPPER = re.compile(r"^(job|runtime|loader|bindings|bind_\w+|luajson|server|sse|prelude_lua)$")
 LUA_HEADERS = {"lua.h", "lauxlib.h", "lualib.h", "lua-cjson.h"}
 INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
 
 
 # Modules that span several files: <prefix>.h, <prefix>_*.c and <prefix>_*.h.
-MULTI_FILE = ("store", "conv", "outbox", "lpattern")
+MULTI_FILE = ("store", "conv", "outbox", "bus", "lpattern")
 
 
 def module_of(filename):

@@ -31,6 +31,9 @@ static void test_defaults(void)
     CHECK(cfg->max_body_bytes == 1048576);
     CHECK(cfg->admin_token == NULL);
     CHECK(cfg->lua_memory_limit == 64u * 1024 * 1024);
+    CHECK(cfg->events_concurrency == 16 && cfg->events_max_attempts == 5 && cfg->events_stream_max == 64);
+    CHECK(cfg->events_retry_max == 60 && cfg->events_keep_cursors == 7 * 86400.0);
+    CHECK(cfg->events_stream_buffer == 1048576 && cfg->events_stream_heartbeat == 15);
     sb_config_unref(cfg);
 }
 
@@ -57,6 +60,12 @@ static void test_errors(void)
     struct sb_error err;
     CHECK(load("return {\n http = { max_body_bytes = 'big' } }", NULL, &err) == NULL);
     CHECK(strstr(err.message, "http.max_body_bytes") != NULL);
+    CHECK(load("return { events = { concurrency = 0 } }", NULL, &err) == NULL);
+    CHECK(strstr(err.message, "events.concurrency") != NULL);
+    CHECK(load("return { events = { stream_buffer_bytes = 10 } }", NULL, &err) == NULL);
+    CHECK(strstr(err.message, "events.stream_buffer_bytes") != NULL);
+    CHECK(load("return { events = 3 }", NULL, &err) == NULL);
+    CHECK(strstr(err.message, "events must be a table") != NULL);
     CHECK(load("return {\n\n listen = }", NULL, &err) == NULL);
     CHECK(err.line == 3);
     CHECK(strstr(err.file, "conf.lua") != NULL);

@@ -278,7 +278,116 @@ static void test_migration_from_v1(void)
     sqlite3_close(db);
 }
 
+static struct {
+    int n;
+    int64_t id[8];
+    char name[8][40], conv[8][24], data[8][200];
+    int channel_null[8];
+} bus_rows;
+static int64_t hook_last = -1;
+static int64_t bounds[2];
+
+static void on_bus_rows(void *arg, const struct store_rows *rows, const char *error)
+{
+    int i;
+    (void)arg;
+    bus_rows.n = error ? -2 : store_rows_count(rows);
+    for (i = 0; i < bus_rows.n && i < 8; i++) {
+        struct store_row r;
+        store_rows_get(rows, i, &r, NULL);
+        bus_rows.id[i] = strtoll(r.text[0], NULL, 10);
+        snprintf(bus_rows.conv[i], sizeof bus_rows.conv[i], "%s", r.text[1] ? r.text[1] : "(null)");
+        bus_rows.channel_null[i] = r.text[2] == NULL;
+        snprintf(bus_rows.name[i], sizeof bus_rows.name[i], "%s", r.text[5]);
+        snprintf(bus_rows.data[i], sizeof bus_rows.data[i], "%s", r.text[6]);
+    }
+}
+
+static void on_bounds(void *arg, const struct store_rows *rows, const char *error)
+{
+    struct store_row r;
+    (void)arg;
+    fetched = error ? -2 : store_rows_count(rows);
+    if (fetched == 1) {
+        store_rows_get(rows, 0, &r, NULL);
+        bounds[0] = (int64_t)r.num[0];
+        bounds[1] = (int64_t)r.num[1];
+    }
+}
+
+static void on_events_committed(int64_t last) { hook_last = last; }
+
+static void fetch_bus(int64_t after, int limit)
+{
+    bus_rows.n = -1;
+    store_fetch_bus_events(after, limit, on_bus_rows, NULL);
+    run_until(&bus_rows.n, NULL);
+}
+
+/* Journal ids are given as writes join a batch (in commit order), whatever
+ * order the operations were built in; the bus reads back engine events
+ * only, with their names and data. */
+static void test_journal_ids_and_bus_reads(void)
+{
+    const char *dir = fixture_dir();
+    struct sb_error err;
+    struct store_message m;
+    struct store_op *late, *early;
+    CHECK(store_open(dir, STORE_SYNC_OFF, &err) == 0);
+    CHECK(store_start() == 0);
+    store_set_events_hook(on_events_committed);
+    put_conv("ffffffffffffffffffff", "c9", 0);
+    memset(&m, 0, sizeof m);
+    m.conversation_id = "ffffffffffffffffffff";
+    m.id = "m1";
+    m.seq = 1;
+    m.author_kind = "client";
+    m.text = "hello";
+    m.text_len = 5;
+    m.attachments = "[]";
+    m.buttons = "[]";
+    m.provider_ids = "{}";
+    m.created = 2;
+    store_submit(store_insert_message(&m));
+    /* built first, queued last: it gets the last id */
+    late = store_insert_event("", "agent_status", "{\"desk\":\"d\",\"agent\":\"a\",\"status\":\"away\"}", 3, 0);
+    early = store_insert_event("ffffffffffffffffffff", "status", "{\"from\":\"open\",\"to\":\"x\"}", 3, 0);
+    store_submit(early);
+    store_submit(store_insert_event("ffffffffffffffffffff", "message",
+                                    "{\"id\":\"m1\",\"seq\":1,\"author\":{\"kind\":\"client\"}}", 3, 0));
+    store_submit(store_insert_event("ffffffffffffffffffff", "agent", "{\"from\":null,\"to\":\"olga\"}", 3, 1));
+    store_submit(late);
+    CHECK(store_last_event_id() == 4);
+    wait_commit(store_pending_seq());
+    CHECK(committed_ok == 1);
+    CHECK(hook_last == 4);
+
+    fetch_bus(0, 10);
+    CHECK(bus_rows.n == 3);   /* "status" stays in the journal only */
+    CHECK(bus_rows.id[0] == 2 && bus_rows.id[1] == 3 && bus_rows.id[2] == 4);
+    CHECK_STR(bus_rows.name[0], "message.created");
+    CHECK(strstr(bus_rows.data[0], "\"text\":\"hello\"") && strstr(bus_rows.data[0], "\"attachments\":[]"));
+    CHECK_STR(bus_rows.name[1], "conversation.assigned");
+    CHECK(strstr(bus_rows.data[1], "\"field\":\"agent\"") != NULL);
+    CHECK_STR(bus_rows.name[2], "agent.status_changed");
+    CHECK_STR(bus_rows.conv[2], "");
+    CHECK(bus_rows.channel_null[2] && !bus_rows.channel_null[0]);
+    fetch_bus(2, 1);
+    CHECK(bus_rows.n == 1 && bus_rows.id[0] == 3);
+    fetched = -1;
+    store_fetch_event_bounds(on_bounds, NULL);
+    run_until(&fetched, NULL);
+    CHECK(fetched == 1 && bounds[0] == 1 && bounds[1] == 4);
+    store_set_events_hook(NULL);
+    store_close();
+    /* ids go on after a restart */
+    CHECK(store_open(dir, STORE_SYNC_OFF, &err) == 0);
+    CHECK(store_last_event_id() == 4);
+    store_close();
+}
+
 const struct test_case store_tests[] = {
+    { "store: journal ids follow the order writes join batches; engine events read back", test_journal_ids_and_bus_reads },
     { "store: group commit, read after write, reopen", test_group_commit_and_read },
     { "store: a failed batch fails later ones until recovered; system writes go again",
       test_failed_batch_poisons_until_recovered },

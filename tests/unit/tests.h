@@ -14,4 +14,5 @@ extern const struct test_case conn_tests[];
 extern const struct test_case lpattern_tests[];
 extern const struct test_case crypto_tests[];
 extern const struct test_case outbox_response_tests[];
+extern const struct test_case bus_tests[];
 #endif
