@@ -7,12 +7,12 @@ DESTDIR ?=
 BUILD   ?= build
 PYTHON  ?= /usr/bin/python3
 E2E_JOBS ?= 4
-PKGS     = lua5.4 lua5.4-cjson libevent libcurl sqlite3
+PKGS     = lua5.4 lua5.4-cjson libevent libcurl sqlite3 libcrypto
 THREADS  = -pthread
 
 # Debian packages the build, the tests and the benchmark need.
 DEB_PACKAGES = gcc make pkg-config liblua5.4-dev lua-cjson-dev libevent-dev \
-               libcurl4-openssl-dev libsqlite3-dev lua5.4 python3 python3-pytest python3-pytest-xdist \
+               libcurl4-openssl-dev libsqlite3-dev libssl-dev lua5.4 python3 python3-pytest python3-pytest-xdist \
                tzdata
 
 CC      ?= cc
@@ -27,7 +27,7 @@ LDFLAGS_ALL = $(SAN) $(THREADS) $(LDFLAGS)
 
 CORE_SRCS = core/util.c core/log.c core/metrics.c core/handler_use.c core/config.c core/store_sqlite.c core/store_sql.c core/txn.c core/schedule.c \
             core/conv.c core/conv_change.c core/conv_memory.c core/kvstate.c core/timer.c core/outbox.c core/outbox_entry.c core/httpclient.c core/lpattern.c core/lpattern_match.c \
-            core/runtime.c core/job.c core/luajson.c core/bind_core.c core/bind_http.c core/bind_conv.c \
+            core/runtime.c core/job.c core/luajson.c core/bind_core.c core/bind_crypto.c core/bind_codec.c core/bind_http.c core/bind_conv.c \
             core/bind_read.c core/bind_outbox.c core/bind_timer.c core/bind_state.c core/bind_route.c \
             core/bindings.c core/loader.c core/server.c core/conn.c
 MAIN_SRC  = core/main.c

@@ -1,4 +1,4 @@
-/* Core bindings: log, now, sleep, config, route, http_error, secure_equal. */
+/* Core bindings: log, now, sleep, config, route, http_error. */
 #include "bind_core.h"
 
 #include <math.h>
@@ -182,16 +182,6 @@ static int http_error_tostring(lua_State *L)
     return 1;
 }
 
-/* secure_equal(given, expected): constant-time comparison of secrets */
-static int secure_equal_binding(lua_State *L)
-{
-    size_t gl, el;
-    const char *g = luaL_optlstring(L, 1, "", &gl);
-    const char *e = luaL_optlstring(L, 2, "", &el);
-    lua_pushboolean(L, sb_secret_equal(g, gl, e, el));
-    return 1;
-}
-
 void sb_bind_core_open(struct sb_runtime *rt)
 {
     static const luaL_Reg log_funcs[] = {
@@ -220,7 +210,4 @@ void sb_bind_core_open(struct sb_runtime *rt)
     lua_pushvalue(L, -1);
     rt->config_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_setglobal(L, "config");
-
-    lua_pushcfunction(L, secure_equal_binding);
-    lua_setglobal(L, "secure_equal");
 }

@@ -1,4 +1,4 @@
-/* Bindings: log, now, sleep, config, route, http_error, secure_equal (and json). */
+/* Bindings: log, now, sleep, config, route, http_error (and json). */
 #ifndef SB_BIND_CORE_H
 #define SB_BIND_CORE_H
 

@@ -1,7 +1,9 @@
 #include "bindings.h"
 
+#include "bind_codec.h"
 #include "bind_conv.h"
 #include "bind_core.h"
+#include "bind_crypto.h"
 #include "bind_http.h"
 #include "bind_outbox.h"
 #include "bind_state.h"
@@ -11,6 +13,8 @@
 void sb_bindings_open(struct sb_runtime *rt)
 {
     sb_bind_core_open(rt);
+    sb_bind_crypto_open(rt->L);
+    sb_bind_codec_open(rt->L);
     sb_bind_http_open(rt->L);
     sb_bind_timer_open(rt->L);
     sb_bind_state_open(rt->L);

@@ -12,4 +12,5 @@ extern const struct test_case log_tests[];
 extern const struct test_case schedule_tests[];
 extern const struct test_case conn_tests[];
 extern const struct test_case lpattern_tests[];
+extern const struct test_case crypto_tests[];
 #endif
