@@ -8,8 +8,7 @@ promises about the request; a request that breaks a promise is answered
 with a 4xx and noted in ``violations``, which the tests assert to be empty.
 
 - ``CallbackReceiver``: the webhook channel's ``callback_url``
-  (docs/conversations.md, "The generic webhook channel"), with scripted
-  failures.
+  (docs/providers/webhook.md), with scripted failures.
 - ``FakeBot``: an external bot (``type = "http"``, docs/conversations.md,
   "Bots"), answering with configurable replies.
 - ``FakeTelegram``: the Telegram Bot API subset of
