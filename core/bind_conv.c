@@ -464,11 +464,8 @@ static int tag_change(lua_State *L, int add)
         lua_pushvalue(L, 4);
         lua_call(L, 1, 0);
         lua_pop(L, 1);
-        /* cjson writes an empty table as {}: tags are always an array */
-        if (w == 1)
-            lua_pushliteral(L, "[]");
-        else
-            sb_json_encode_at(L, 4);
+        sb_json_mark_array(L, 4);   /* tags are an array, also when none is left */
+        sb_json_encode_at(L, 4);
         sb_conv_set_field(t, c, "tags", lua_tostring(L, -1));
     }
     lua_pushboolean(L, present != add);

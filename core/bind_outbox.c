@@ -1,5 +1,6 @@
 /* Lua bindings of the outbox (outbox.c):
- *   outbox.send{conversation=, target=, url=, method=, headers=, body=, on_result=, context=, lane=}
+ *   outbox.send{conversation=, target=, url=, method=, headers=, body=, on_result=, context=, lane=,
+ *               retry_after=, error_text=}
  *   outbox.call{conversation=, target=handler_name, data=, lane=}
  *   outbox.requeue(id)      -- a dead letter, sent again (yields: it is read from the store)
  *   outbox.stats()
@@ -81,6 +82,56 @@ static const char *opt_json(lua_State *L, int t, const char *field)
     return lua_tostring(L, -1);
 }
 
+/* t.field = { header = name } | { json = path } (header only when
+ * header_allowed): pushes the hint line "field where name" and returns 1,
+ * or pushes nothing and returns 0 when the field is absent. */
+static int push_hint(lua_State *L, int t, const char *field, int header_allowed)
+{
+    int type = lua_getfield(L, t, field);                          /* +1 */
+    const char *header = NULL, *json = NULL;
+    if (type == LUA_TNIL || type == LUA_TLIGHTUSERDATA) {   /* json.null counts as absent */
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (type != LUA_TTABLE)
+        goto bad;
+    if (lua_getfield(L, -1, "header") == LUA_TSTRING)             /* +2 */
+        header = lua_tostring(L, -1);
+    else if (!lua_isnil(L, -1))
+        goto bad;
+    if (lua_getfield(L, -2, "json") == LUA_TSTRING)               /* +3 */
+        json = lua_tostring(L, -1);
+    else if (!lua_isnil(L, -1))
+        goto bad;
+    if (!header == !json || (header && !header_allowed))
+        goto bad;
+    lua_pushfstring(L, "%s %s %s", field, header ? "header" : "json", header ? header : json);
+    lua_replace(L, -4);
+    lua_pop(L, 2);
+    return 1;
+bad:
+    return luaL_error(L, header_allowed ? "outbox.send: %s must be { header = name } or { json = path }"
+                                        : "outbox.send: %s must be { json = path }", field);
+}
+
+/* retry_after and error_text as the outbox's hints text (outbox.h);
+ * pushed (nil when neither is given) and returned. */
+static const char *push_hints(lua_State *L, int t)
+{
+    int n = push_hint(L, t, "retry_after", 1);
+    n += push_hint(L, t, "error_text", 0);
+    if (n == 0) {
+        lua_pushnil(L);
+        return NULL;
+    }
+    if (n == 2) {
+        lua_pushliteral(L, "\n");
+        lua_insert(L, -2);
+        lua_concat(L, 3);
+    }
+    return lua_tostring(L, -1);
+}
+
 static int outbox_send(lua_State *L)
 {
     struct sb_outbox_new n;
@@ -148,6 +199,7 @@ static int outbox_send(lua_State *L)
     }
     luaL_pushresult(&hb);                                          /* 6 */
     n.headers = nlines ? lua_tostring(L, 6) : NULL;
+    n.hints = push_hints(L, 1);                                    /* 7 */
     if (lua_type(L, 4) == LUA_TSTRING)
         n.body = lua_tolstring(L, 4, &n.body_len);
     id = sb_outbox_add(sb_job_txn_of(L), &n, err, sizeof err);
@@ -321,6 +373,7 @@ static void run(struct sb_outbox_attempt *a, const struct sb_outbox_job *j)
 void sb_bind_outbox_runner(void)
 {
     sb_outbox_set_runner(run);
+    sb_outbox_set_json_reader(sb_json_read_path);
 }
 
 void sb_bind_outbox_open(lua_State *L)

@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <curl/curl.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 
@@ -90,6 +89,7 @@ void ob_entry_free(struct ob_entry *e)
     free(e->data);
     free(e->on_result);
     free(e->idem_key);
+    free(e->hints);
     free(e);
 }
 
@@ -247,11 +247,23 @@ static void finish_dead(struct ob_entry *e, const char *reason)
     snprintf(id, sizeof id, "%lld", (long long)e->id);
     snprintf(attempts, sizeof attempts, "%d", e->attempts);
     sb_log(SB_LOG_WARN, "outbox: dead letter", "id", id, "target", e->target, "attempts", attempts,
-           "reason", reason, NULL);
+           "reason", reason, "conversation", e->conversation_id, NULL);
     store_submit_system(store_update_outbox(e->id, "dead", e->attempts, e->next_attempt, reason, sb_now_wall(), 0));
     ob_counters.dead++;
     ob_attempt_over(e);
     finished(e);
+}
+
+/* One line per failed attempt that will be made again: what the platform
+ * said, and the wait it asked for (or the backoff). */
+static void log_retry(const struct ob_entry *e, const char *reason, double delay)
+{
+    char id[24], attempts[16], wait[32];
+    snprintf(id, sizeof id, "%lld", (long long)e->id);
+    snprintf(attempts, sizeof attempts, "%d", e->attempts);
+    snprintf(wait, sizeof wait, "%.3f", delay);
+    sb_log(SB_LOG_INFO, "outbox: attempt failed, retrying", "id", id, "target", e->target, "attempts", attempts,
+           "retry_in", wait, "reason", reason, "conversation", e->conversation_id, NULL);
 }
 
 /* A failed attempt: retry later, or dead-letter when out of attempts/age. */
@@ -271,55 +283,11 @@ static void finish_failed(struct ob_entry *e, const char *reason, double retry_a
         return;
     }
     e->next_attempt = now + delay;
+    log_retry(e, reason, delay);
     store_submit_system(store_update_outbox(e->id, "pending", e->attempts, e->next_attempt, reason, 0, 0));
     ob_counters.retried++;
     ob_attempt_over(e);
     ob_kick(e->lane);
-}
-
-/* Retry-After: delta-seconds or an HTTP date. */
-static double parse_retry_after(const char *v)
-{
-    char *end;
-    long s;
-    time_t t;
-    if (!v)
-        return -1;
-    s = strtol(v, &end, 10);
-    if (end != v && *end == '\0' && s >= 0)
-        return (double)s;
-    t = curl_getdate(v, NULL);
-    if (t > 0) {
-        double d = (double)t - sb_now_wall();
-        return d > 0 ? d : 0;
-    }
-    return -1;
-}
-
-double sb_outbox_retry_after_in_body(const char *body, size_t len)
-{
-    /* Telegram's 429 carries the delay in the body as
-     * {"parameters":{"retry_after":N}}; no header. A bounded scan for the
-     * key is enough: the value is a plain integer. */
-    static const char key[] = "\"retry_after\"";
-    const char *p = body, *end = body + len;
-    while (p && p < end) {
-        const char *hit = memmem(p, (size_t)(end - p), key, sizeof key - 1);
-        long v = 0;
-        int digits = 0;
-        if (!hit)
-            break;
-        p = hit + sizeof key - 1;
-        while (p < end && (*p == ' ' || *p == ':'))
-            p++;
-        while (p < end && *p >= '0' && *p <= '9' && digits < 9) {
-            v = v * 10 + (*p++ - '0');
-            digits++;
-        }
-        if (digits)
-            return (double)v;
-    }
-    return -1;
 }
 
 /* Handlers */
@@ -421,15 +389,11 @@ static void http_done(void *arg, const struct sb_http_response *r)
             finish_delivered(e);
         return;
     }
-    snprintf(reason, sizeof reason, "HTTP %ld", r->status);
-    if (r->status >= 500 || r->status == 408)
+    sb_outbox_failure_reason(e->hints, r, reason, sizeof reason);
+    if (r->status == 429 || r->status == 503)
+        finish_failed(e, reason, sb_outbox_retry_after(e->hints, r));
+    else if (r->status >= 500 || r->status == 408)
         finish_failed(e, reason, -1);
-    else if (r->status == 429) {
-        double after = parse_retry_after(sb_http_header(r, "retry-after"));
-        if (after < 0)
-            after = sb_outbox_retry_after_in_body(r->body, r->body_len);
-        finish_failed(e, reason, after);
-    }
     else
         finish_dead(e, reason);
 }

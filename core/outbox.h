@@ -2,8 +2,13 @@
  * its job's transaction and is attempted only once that transaction
  * committed; it is delivered in order within its lane (a conversation and
  * a target), retried with exponential backoff and jitter on network errors,
- * 5xx, 408 and 429 (honouring Retry-After), and dead-lettered after a bound
- * of attempts or age, with the reason kept.
+ * 5xx, 408 and 429 (honouring the wait a 429 or 503 asks for), and
+ * dead-lettered after a bound of attempts or age, with the reason kept.
+ *
+ * What a platform says in a failed response is read where its adapter
+ * declared it, per entry (hints, stored with the entry): the wait in a
+ * header or at a JSON path of the body, the error text at a JSON path. The
+ * defaults are the standard Retry-After header and the start of the body.
  *
  * Kinds: "http" (an HTTP request; an optional result handler runs with the
  * response before the delivery counts as done) and "job" (a handler run as
@@ -47,7 +52,22 @@ struct sb_outbox_new {
     size_t body_len;
     const char *data;            /* JSON: context for the result handler, or the job's data */
     const char *on_result;       /* http: handler name, or NULL */
+    const char *hints;           /* http: declarations about failed responses (below), or NULL */
 };
+
+/* Hints are lines "<what> <where> <name>" joined by '\n':
+ *   retry_after header <header name>   the wait after a 429 or 503, in seconds or an HTTP date
+ *   retry_after json <path>            the wait in seconds, at a dotted path of the JSON body
+ *   error_text json <path>             the platform's error text, at a dotted path of the JSON body
+ * A path is names and 1-based array indexes joined by dots ("errors.1.title").
+ * Returns NULL, or what is wrong with them. */
+const char *sb_outbox_hints_check(const char *hints);
+/* The model parses no JSON: the Lua layer registers the reader of a value
+ * at a dotted path. It returns 1 with a number in *number, 2 with a string
+ * copied (cut) into text, or 0 when there is no number or string there. */
+typedef int (*sb_outbox_json_fn)(const char *json, size_t len, const char *path, double *number, char *text,
+                                 size_t text_size);
+void sb_outbox_set_json_reader(sb_outbox_json_fn fn);
 
 void sb_outbox_configure(const struct sb_outbox_settings *s);
 /* Queues an entry as part of t. Returns its id, or 0 with a message in err. */
@@ -98,8 +118,13 @@ struct sb_outbox_counters {
 };
 const struct sb_outbox_counters *sb_outbox_counters(void);
 
-/* The delay a 429 body asks for ({"parameters":{"retry_after":N}}), or -1. */
-double sb_outbox_retry_after_in_body(const char *body, size_t len);
+/* Exposed for tests: the wait (seconds) a failed response asks for where
+ * hints say (NULL: the Retry-After header), or -1 when it asks for none. */
+double sb_outbox_retry_after(const char *hints, const struct sb_http_response *r);
+/* Exposed for tests: "HTTP <status>", then ": <the platform's error text>"
+ * when there is one (where hints say, else the start of a text body),
+ * with control characters replaced and at most 200 bytes of it. */
+void sb_outbox_failure_reason(const char *hints, const struct sb_http_response *r, char *out, size_t out_size);
 /* Exposed for tests: the delay before attempt number `attempt` (1-based). */
 double sb_outbox_backoff(int attempt, double jitter01);
 /* Exposed for tests: url/header text with ${path} secrets resolved; NULL

@@ -40,6 +40,7 @@ struct ob_entry *ob_entry_from_row(const struct store_row *r)
     e->attempts = (int)r->num[12];
     e->next_attempt = r->num[13];
     e->created = r->num[14];
+    e->hints = r->n > 15 ? sb_xstrdup_or_null(r->text[15]) : NULL;
     return e;
 }
 
@@ -185,6 +186,8 @@ static const char *check_new(const struct sb_outbox_new *n)
         return "url must start with http:// or https://";
     if (n->headers && strchr(n->headers, '\r'))
         return "headers must not contain CR";
+    if (n->hints)
+        return sb_outbox_hints_check(n->hints);
     return NULL;
 }
 
@@ -215,6 +218,7 @@ int64_t sb_outbox_add(struct sb_txn *t, const struct sb_outbox_new *n, char *err
     }
     e->data = sb_xstrdup_or_null(n->data);
     e->on_result = sb_xstrdup_or_null(n->on_result);
+    e->hints = sb_xstrdup_or_null(n->hints);
     sb_new_id(key);
     e->idem_key = sb_xstrdup(key);
     e->created = sb_now_wall();
@@ -234,6 +238,7 @@ int64_t sb_outbox_add(struct sb_txn *t, const struct sb_outbox_new *n, char *err
     row.on_result = e->on_result;
     row.idem_key = e->idem_key;
     row.created = e->created;
+    row.hints = e->hints;
     sb_txn_write(t, store_insert_outbox(&row));
 
     a = sb_xcalloc(1, sizeof *a);
@@ -248,7 +253,7 @@ int sb_outbox_requeue(struct sb_txn *t, const struct store_row *r, char *err, si
     struct ob_entry *e;
     struct addition *a;
     int64_t *id;
-    if (r->n < 16 || !r->text[15] || strcmp(r->text[15], "dead") != 0) {
+    if (r->n < 17 || !r->text[16] || strcmp(r->text[16], "dead") != 0) {
         snprintf(err, err_size, "not a dead letter");
         return -1;
     }

@@ -1,6 +1,7 @@
-/* Inside the outbox: what outbox.c (lanes, the drain, attempts, outcomes)
- * and outbox_entry.c (adding and requeueing entries, reading them back,
- * secrets of a call) share. Not for other modules: they use outbox.h. */
+/* Inside the outbox: what outbox.c (lanes, the drain, attempts, outcomes),
+ * outbox_entry.c (adding and requeueing entries, reading them back,
+ * secrets of a call) and outbox_response.c (what a failed response says)
+ * share. Not for other modules: they use outbox.h. */
 #ifndef SB_OUTBOX_INT_H
 #define SB_OUTBOX_INT_H
 
@@ -20,6 +21,7 @@ struct addition;
 struct ob_entry {
     int64_t id;
     char *conversation_id, *kind, *target, *method, *url, *headers, *body, *data, *on_result, *idem_key;
+    char *hints;                  /* declared by the adapter (outbox.h), or NULL */
     size_t body_len;
     int attempts;
     double next_attempt, created;

@@ -63,6 +63,7 @@ struct store_outbox_entry {
     const char *data, *on_result, *idem_key;
     int attempts;
     double next_attempt, created;
+    const char *hints;                        /* what the adapter declared about failed responses, or NULL */
 };
 
 struct store_timer {
@@ -196,7 +197,7 @@ void store_fetch_outbox_entry(int64_t id, store_fetch_fn fn, void *arg);
  *               author_id, text, attachments, buttons, provider_ids, created
  * outbox:       id, conversation_id, lane, kind, target, method, url,
  *               headers, body, data, on_result, idem_key, attempts,
- *               next_attempt, created
+ *               next_attempt, created, hints
  * kv:           key, value, expires
  * timer:        id, due, interval, handler, data, calendar, attempts
  * schedule:     key, next_due */

@@ -15,7 +15,7 @@ sqlite3_stmt *store_page_stmts[STORE_PAGE_COUNT];
 sqlite3_stmt *store_fetch_stmts[FETCH_COUNT][2];
 sqlite3_stmt *store_begin_stmt, *store_commit_stmt, *store_rollback_stmt;
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 #define MAX_VALUES 16
 #define MAX_STATEMENTS 4
 
@@ -68,6 +68,13 @@ static const char *const schema_v2 =
     "ALTER TABLE timers ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;"
     "CREATE TABLE schedules(key TEXT PRIMARY KEY, next_due REAL NOT NULL) WITHOUT ROWID;";
 
+/* v3: an outbox entry keeps what its adapter declared about the platform's
+ * failed responses (where the wait and the error text are). */
+static const char *const schema_v3 =
+    "ALTER TABLE outbox ADD COLUMN hints TEXT;";
+
+static const char *const schemas[SCHEMA_VERSION + 1] = { NULL, schema_v1, schema_v2, schema_v3 };
+
 
 /* Statements of each write, values bound as ?1, ?2, ... in the order the
  * builders below add them. */
@@ -86,8 +93,8 @@ static const char *const write_sql[OP_COUNT][MAX_STATEMENTS] = {
         "INSERT OR REPLACE INTO conversation_keys(conversation_id, key, message_id, created) VALUES(?1,?2,?3,?4)" },
     [OP_INSERT_OUTBOX] = {
         "INSERT INTO outbox(id, conversation_id, lane, kind, target, method, url, headers, body, data,"
-        " on_result, idem_key, state, attempts, next_attempt, created)"
-        " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,'pending',?13,?14,?15)" },
+        " on_result, idem_key, state, attempts, next_attempt, created, hints)"
+        " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,'pending',?13,?14,?15,?16)" },
     [OP_UPDATE_OUTBOX] = {
         "UPDATE outbox SET state=?2, attempts=?3, next_attempt=?4, last_error=?5, finished=?6,"
         " created=coalesce(?7, created) WHERE id=?1" },
@@ -170,7 +177,7 @@ static const char *const page_sql[STORE_PAGE_COUNT] = {
 #define MSG_COLUMNS "conversation_id, seq, id, author_kind, author_name, author_id, text, attachments, buttons," \
                     " provider_ids, created"
 #define OUTBOX_COLUMNS "id, conversation_id, lane, kind, target, method, url, headers, body, data, on_result," \
-                       " idem_key, attempts, next_attempt, created"
+                       " idem_key, attempts, next_attempt, created, hints"
 
 
 /* A fetch runs its statements in order; each statement's rows get its
@@ -327,6 +334,7 @@ struct store_op *store_insert_outbox(const struct store_outbox_entry *e)
     put_int(op, e->attempts);
     put_real(op, e->next_attempt);
     put_real(op, e->created);
+    put_str(op, e->hints);
     return op;
 }
 
@@ -477,7 +485,7 @@ static int migrate(struct sb_error *err)
     for (v = version + 1; v <= SCHEMA_VERSION; v++) {
         char set[64], vs[16];
         snprintf(set, sizeof set, "PRAGMA user_version = %d", v);
-        if (exec("BEGIN", err) || exec(v == 1 ? schema_v1 : schema_v2, err) || exec(set, err) ||
+        if (exec("BEGIN", err) || exec(schemas[v], err) || exec(set, err) ||
             exec("COMMIT", err)) {
             exec("ROLLBACK", NULL);
             return -1;
@@ -569,7 +577,7 @@ static void window_row(void *arg, const struct store_row *r)
 {
     struct lane_window *w = arg;
     /* columns: the entry, then its rank in its lane and the lane's size */
-    int rank = (int)r->num[15], size = (int)r->num[16];
+    int rank = (int)r->num[16], size = (int)r->num[17];
     w->fn(w->arg, r);
     if (rank == w->per_lane && size > w->per_lane && w->lane_has_more)
         w->lane_has_more(w->arg, r->text[2]);

@@ -285,11 +285,8 @@ function api.replies(req)
   end
   bot = bot or select(1, bots.for_channel(conv.channel)) or "bot"
   local ids = flow.bot_replies(conv, replies, bot)
-  if #ids == 0 then
-    -- a switch alone stores no message; an empty Lua table would encode as {}
-    return 202, '{"message_ids":[]}', json_headers
-  end
-  return 202, { message_ids = ids }
+  -- a switch alone stores no message: still a list
+  return 202, { message_ids = json.array(ids) }
 end
 
 -- ---------------------------------------------------------------- other writes

@@ -300,7 +300,8 @@ function S.object(fields, opts)
 end
 
 -- S.array(item [, opts]): opts: required, min, max (items). An empty array
--- comes back as nil: an empty Lua table would be sent on as {}.
+-- comes back as nil, like an absent one: a handler tests one thing, and an
+-- unmarked empty table passed on would encode as {}.
 function S.array(item, opts)
   if not is_node(item) then error("schema.array: the item must be a schema", 2) end
   local n = node("array", "an array", is_array, function(n, x, path, ctx)

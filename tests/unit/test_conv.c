@@ -51,21 +51,10 @@ static void test_backoff(void)
     CHECK(sb_outbox_backoff(10, 0.0) == 5.0);
 }
 
-static void test_retry_after_in_body(void)
-{
-    const char *tg = "{\"ok\":false,\"error_code\":429,\"description\":\"Too Many Requests: retry after 7\","
-                     "\"parameters\":{\"retry_after\":7}}";
-    CHECK(sb_outbox_retry_after_in_body(tg, strlen(tg)) == 7.0);
-    CHECK(sb_outbox_retry_after_in_body("{\"retry_after\" : 12}", 20) == 12.0);
-    CHECK(sb_outbox_retry_after_in_body("{}", 2) == -1);
-    CHECK(sb_outbox_retry_after_in_body("{\"retry_after\":\"x\"}", 19) == -1);
-}
-
 const struct test_case conv_tests[] = {
     { "conv: UTF-8 validation", test_utf8 },
     { "conv: state transitions", test_transitions },
     { "conv: generated ids", test_ids },
     { "outbox: backoff with jitter", test_backoff },
-    { "outbox: Telegram-style retry_after in a 429 body", test_retry_after_in_body },
     { NULL, NULL },
 };

@@ -55,11 +55,12 @@ static const char *global_string(struct sb_runtime *rt, const char *name)
 static void test_loads_in_order_and_routes(void)
 {
     static const char *const files[] = {
-        "scripts/b.lua", "order = (order or '') .. 'b'",
-        "scripts/a.lua", "order = (order or '') .. 'a'\nfunction h() end\nroute('GET', '/x/{id}', 'h')",
-        "providers/p.lua", "order = order .. 'p'",
-        "rules/r.lua", "order = order .. 'r'",
-        "scripts/lib/skip.lua", "order = order .. 'SKIPPED'",
+        /* the globals are frozen after scripts/: later files add to a table */
+        "scripts/b.lua", "trace.order = trace.order .. 'b'",
+        "scripts/a.lua", "trace = { order = 'a' }\nfunction h() end\nroute('GET', '/x/{id}', 'h')",
+        "providers/p.lua", "trace.order = trace.order .. 'p'",
+        "rules/r.lua", "trace.order = trace.order .. 'r'",
+        "scripts/lib/skip.lua", "trace.order = trace.order .. 'SKIPPED'",
         NULL,
     };
     struct sb_error err;
@@ -72,7 +73,10 @@ static void test_loads_in_order_and_routes(void)
         fprintf(stderr, "  %s:%d: %s\n", err.file, err.line, err.message);
         return;
     }
-    CHECK_STR(global_string(rt, "order"), "abpr");
+    lua_getglobal(rt->L, "trace");
+    lua_getfield(rt->L, -1, "order");
+    CHECK_STR(lua_tostring(rt->L, -1), "abpr");
+    lua_pop(rt->L, 2);
     CHECK(rt->nroutes == 1);
     CHECK(sb_runtime_match(rt, "GET", "/x/7", &m, &known, allow, sizeof allow) == 1);
     CHECK(sb_runtime_match(rt, "POST", "/x/7", &m, &known, allow, sizeof allow) == 0);
@@ -188,6 +192,50 @@ static void test_load_budgets(void)
     CHECK(strstr(err.message, "load time") != NULL);
 }
 
+/* json.array: marked empty tables encode as [], unmarked ones as {},
+ * through json.encode and through the encoder bindings use */
+static void test_json_array(void)
+{
+    static const char *const files[] = {
+        "scripts/j.lua",
+        "r_field = json.encode{ tags = json.array{} }\n"
+        "r_top = json.encode(json.array())\n"
+        "r_plain = json.encode{ e = {} }\n"
+        "local filled = json.array{}; filled[1] = 'x'; r_filled = json.encode(filled)\n"
+        "local emptied = json.array{ 'a' }; emptied[1] = nil; r_emptied = json.encode{ u = emptied }\n"
+        "r_nested = json.encode{ a = { json.array(), { b = json.array{} } }, c = {} }\n"
+        "r_same = tostring(json.array(filled) == filled)\n"
+        "r_bad = select(2, pcall(json.array, 'x'))\n"
+        "local left = json.array{}\n"
+        "local ok = pcall(json.encode, { left, function() end })\n"
+        "r_restored = tostring(not ok and next(left) == nil and json.encode{ left } == '[[]]')\n"
+        "r_string = json.encode{ s = '[\"sb-empty-array-\"]' }\n"
+        "r_decoded = json.encode(json.decode('{\"l\":[]}'))\n",
+        NULL,
+    };
+    struct sb_error err;
+    struct sb_runtime *rt = build(files, &err, NULL);
+    CHECK(rt != NULL);
+    if (!rt) {
+        fprintf(stderr, "  %s:%d: %s\n", err.file, err.line, err.message);
+        return;
+    }
+    CHECK_STR(global_string(rt, "r_field"), "{\"tags\":[]}");
+    CHECK_STR(global_string(rt, "r_top"), "[]");
+    CHECK_STR(global_string(rt, "r_plain"), "{\"e\":{}}");
+    CHECK_STR(global_string(rt, "r_filled"), "[\"x\"]");
+    CHECK_STR(global_string(rt, "r_emptied"), "{\"u\":[]}");
+    CHECK(strstr(global_string(rt, "r_nested"), "\"a\":[[],{\"b\":[]}]") != NULL);
+    CHECK(strstr(global_string(rt, "r_nested"), "\"c\":{}") != NULL);
+    CHECK_STR(global_string(rt, "r_same"), "true");
+    CHECK(strstr(global_string(rt, "r_bad"), "table or nil") != NULL);
+    CHECK_STR(global_string(rt, "r_restored"), "true");
+    CHECK_STR(global_string(rt, "r_string"), "{\"s\":\"[\\\"sb-empty-array-\\\"]\"}");
+    /* decoding gives plain tables: an empty list comes back as {} */
+    CHECK_STR(global_string(rt, "r_decoded"), "{\"l\":{}}");
+    sb_runtime_unref(rt);
+}
+
 const struct test_case runtime_tests[] = {
     { "runtime: load order, subfolders skipped, routes", test_loads_in_order_and_routes },
     { "runtime: syntax error names file and line", test_syntax_error_position },
@@ -195,5 +243,6 @@ const struct test_case runtime_tests[] = {
     { "runtime: route checks at load", test_route_checks },
     { "runtime: sandbox, require, config view, json", test_sandbox },
     { "runtime: budgets stop runaway top levels", test_load_budgets },
+    { "runtime: json.array encodes [] when empty", test_json_array },
     { NULL, NULL },
 };

@@ -15,6 +15,7 @@ static int committed_ok = -1;
 static char *read_result;
 static int fetched = -1;
 static char fetched_text[256];
+static char fetched_hints[64];
 static size_t fetched_len;
 
 static void on_commit(void *arg, int ok)
@@ -149,17 +150,20 @@ static void on_fetch(void *arg, const struct store_rows *rows, const char *error
         store_rows_get(rows, 0, &r, NULL);
         fetched_len = r.len[8];
         memcpy(fetched_text, r.text[8], fetched_len < sizeof fetched_text ? fetched_len : sizeof fetched_text);
+        snprintf(fetched_hints, sizeof fetched_hints, "%s", r.n > 15 && r.text[15] ? r.text[15] : "(null)");
     }
 }
 
 static int loaded_rows;
 static size_t loaded_body_len;
+static char loaded_hints[64];
 
 static void count_outbox_row(void *arg, const struct store_row *r)
 {
     (void)arg;
     loaded_rows++;
     loaded_body_len = r->len[8];
+    snprintf(loaded_hints, sizeof loaded_hints, "%s", r->n > 15 && r->text[15] ? r->text[15] : "(null)");
 }
 
 static void test_binary_bodies_and_lane_windows(void)
@@ -181,6 +185,7 @@ static void test_binary_bodies_and_lane_windows(void)
     e.body_len = sizeof body;
     e.idem_key = "k";
     e.created = 1;
+    e.hints = "error_text json description";
     for (i = 1; i <= 5; i++) {
         e.id = i;
         store_submit(store_insert_outbox(&e));
@@ -190,12 +195,14 @@ static void test_binary_bodies_and_lane_windows(void)
     run_until(&fetched, NULL);
     CHECK(fetched == 2);
     CHECK(fetched_len == sizeof body && memcmp(fetched_text, body, sizeof body) == 0);
+    CHECK_STR(fetched_hints, "error_text json description");
     store_close();
     CHECK(store_open(dir, STORE_SYNC_OFF, &err) == 0);
     loaded_rows = 0;
     CHECK(store_load_outbox_pending(3, count_outbox_row, NULL, NULL, &total) == 0);
     CHECK(loaded_rows == 3 && total == 5);
     CHECK(loaded_body_len == sizeof body);   /* not cut at the first NUL */
+    CHECK_STR(loaded_hints, "error_text json description");
     store_close();
 }
 
@@ -244,11 +251,21 @@ static void test_migration_from_v1(void)
         "CREATE TABLE timers(id INTEGER PRIMARY KEY, due REAL NOT NULL, interval REAL NOT NULL,"
         "  handler TEXT NOT NULL, data TEXT);"
                        "INSERT INTO idempotency VALUES('web', 'm-1', 'ffffffffffffffffffff', 'm1', 5);"
+                       "INSERT INTO outbox(id, lane, kind, target, url, idem_key, state, next_attempt, created)"
+                       " VALUES(1, 'l', 'http', 't', 'http://127.0.0.1/', 'k', 'pending', 0, 1);"
                        "PRAGMA user_version = 1;", NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(db);
     if (store_open(dir, STORE_SYNC_OFF, &err) != 0)
         fprintf(stderr, "  %s\n", err.message);
     CHECK(err.message[0] == '\0');
+    {
+        int64_t total = 0;
+        loaded_rows = 0;
+        strcpy(loaded_hints, "?");
+        CHECK(store_load_outbox_pending(32, count_outbox_row, NULL, NULL, &total) == 0);
+        CHECK(loaded_rows == 1 && total == 1);
+        CHECK_STR(loaded_hints, "(null)");   /* schema 3 added the column: nothing declared */
+    }
     store_close();
     CHECK(sqlite3_open(path, &db) == SQLITE_OK);
     {
@@ -266,6 +283,6 @@ const struct test_case store_tests[] = {
     { "store: a failed batch fails later ones until recovered; system writes go again",
       test_failed_batch_poisons_until_recovered },
     { "store: binary outbox bodies, lane windows", test_binary_bodies_and_lane_windows },
-    { "store: schema 1 migrates its idempotency keys", test_migration_from_v1 },
+    { "store: schema 1 migrates (idempotency keys, outbox hints)", test_migration_from_v1 },
     { NULL, NULL },
 };

@@ -13,4 +13,5 @@ extern const struct test_case schedule_tests[];
 extern const struct test_case conn_tests[];
 extern const struct test_case lpattern_tests[];
 extern const struct test_case crypto_tests[];
+extern const struct test_case outbox_response_tests[];
 #endif
