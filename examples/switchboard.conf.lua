@@ -100,6 +100,16 @@ return {
       bot = "demo",
       -- desk = "support",          -- hand off to the desk below (docs/handoff.md)
     },
+    -- A Telegram bot (docs/providers/telegram.md). Telegram posts updates
+    -- only to https:// on port 443, 80, 88 or 8443: put a TLS proxy there.
+    -- tg = {
+    --   type = "telegram",
+    --   token = env("TELEGRAM_BOT_TOKEN"),
+    --   secret_token = env("TELEGRAM_SECRET"),      -- A-Z a-z 0-9 _ -, 1-256 characters
+    --   public_url = "https://chat.example.com",    -- setWebhook at every load
+    --   bot = "demo",
+    --   -- agent_prefix = "{name}: ",              -- how agents' messages name the agent
+    -- },
   },
 
   -- A live-chat desk speaking JAICP's Operator API. Uncomment, point api_url

@@ -5,7 +5,7 @@
 -- Instances configured under config[key], served by adapters registered by
 -- type: the shape shared by channels and desks (scripts/desks.lua).
 local function registry(key)
-  local r = { adapters = {} }
+  local r = { adapters = {}, key = key }
   function r.instance(name)
     local all = config[key]
     return all and all[name]
@@ -44,15 +44,55 @@ function channels.send(conv, message)
   adapter.send(conv.channel, inst, conv, message)
 end
 
+-- The text that names an agent on a channel that cannot show a message's
+-- author: the instance's agent_prefix ("{name}: " unless set; false or ""
+-- turns it off) with the agent's name. "" for other authors and nameless agents.
+function channels.agent_prefix(inst, m)
+  local template, author = inst.agent_prefix, m.author or {}
+  if template == nil then template = "{name}: " end
+  local name = author.kind == "agent" and author.name
+  if type(template) ~= "string" or template == "" or type(name) ~= "string" or name == "" then return "" end
+  return (template:gsub("{name}", function() return name end))
+end
+
+-- The longest prefix of s of at most n bytes that ends on a character
+-- boundary (a platform's byte limit must not cut a character in two).
+function channels.utf8_prefix(s, n)
+  if #s <= n or not utf8.len(s) then return s:sub(1, n) end
+  local cut = 0
+  for pos in utf8.codes(s) do
+    if pos - 1 > n then break end
+    cut = pos - 1
+  end
+  return s:sub(1, cut)
+end
+
+-- text in pieces of at most max_chars characters (UTF-8 aware), for
+-- platforms that bound a message's length; { text } when it fits.
+function channels.split_text(text, max_chars)
+  local n = utf8.len(text) or #text
+  if n <= max_chars then return { text } end
+  local out = {}
+  for i = 1, n, max_chars do
+    local from, to = utf8.offset(text, i), utf8.offset(text, i + max_chars)
+    out[#out + 1] = text:sub(from, to and to - 1 or #text)
+  end
+  return out
+end
+
 -- Checks a webhook's credential. `expected` is nil for an unknown instance
 -- (or one of another type, or one without a secret): it gets the very same
 -- 401 as a wrong secret, after a comparison of the same cost, so that
 -- instance names cannot be found out by asking. `what` names the credential
--- in the message and must not depend on the instance.
+-- in the message and must not depend on the instance. A credential derived
+-- from the secret (a signature) is made from channels.STAND_IN for an
+-- unknown instance and passed with known = false.
 local STAND_IN = "switchboard: no such instance, compared so that it costs the same time"
-function channels.authenticate(given, expected, what)
+channels.STAND_IN = STAND_IN
+function channels.authenticate(given, expected, what, known)
+  if known == nil then known = expected ~= nil end
   local ok = secure_equal(type(given) == "string" and given or "", expected or STAND_IN)
-  if not ok or not expected then
+  if not ok or not known then
     http_error(401, "unauthorized", "missing or wrong " .. what)
   end
 end

@@ -15,7 +15,7 @@ local channels = require("channels")
 local livechat = require("livechat")
 local desks = channels.registry("desks")
 
-local v = require("validate")
+local S = require("schema")
 
 -- default_desk must name a desk: a typo would otherwise show up only when
 -- a bot asks for availability.
@@ -199,7 +199,7 @@ function desks.agent_message(name, conversation_id, msg)
   if not conv then refuse() end
   -- adapters check their fields; this guards a client against one that does not
   for i, a in ipairs(msg.attachments or {}) do
-    if not (type(a) == "table" and v.http_url(a.url)) then
+    if not (type(a) == "table" and S.http_url(a.url)) then
       http_error(422, "invalid_field", "attachments[" .. i .. "].url must be an http:// or https:// URL")
     end
   end

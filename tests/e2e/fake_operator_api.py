@@ -1,6 +1,5 @@
 """A strict fake of a live-chat server speaking JAICP's Operator API
-(shared/providers/platforms.md section 5.3; docs/handoff.md, "Operator API
-desk").
+(shared/providers/platforms.md section 5.3; docs/providers/operator_api.md).
 
 The engine calls the fake (``api_url`` = ``fake.base_url``):
 

@@ -8,13 +8,12 @@ promises about the request; a request that breaks a promise is answered
 with a 4xx and noted in ``violations``, which the tests assert to be empty.
 
 - ``CallbackReceiver``: the webhook channel's ``callback_url``
-  (docs/conversations.md, "The generic webhook channel"), with scripted
-  failures.
+  (docs/providers/webhook.md), with scripted failures.
 - ``FakeBot``: an external bot (``type = "http"``, docs/conversations.md,
   "Bots"), answering with configurable replies.
 - ``FakeTelegram``: the Telegram Bot API subset of
   shared/providers/platforms.md section 6 (sendMessage,
-  answerCallbackQuery), plus builders of ``Update`` payloads.
+  answerCallbackQuery, setWebhook), plus builders of ``Update`` payloads.
 
 Only the Python standard library is used.
 """
@@ -569,7 +568,12 @@ class FakeTelegram(JsonFake):
     (``chat_id``, ``text`` 1-4096 characters, optional ``reply_markup``
     with ``inline_keyboard`` rows of ``{text, callback_data (1-64 bytes)}``)
     -> the sent Message with a fresh ``message_id``; ``answerCallbackQuery``
-    (``callback_query_id``) -> ``true``. A wrong token is 401
+    (``callback_query_id``) -> ``true``; ``setWebhook`` (``url``: ``https://``
+    on port 443, 80, 88 or 8443, or ``""`` to remove it; ``secret_token``
+    1-256 characters of ``A-Z a-z 0-9 _ -``; optional ``allowed_updates``, a
+    list of update type names, ``max_connections`` 1-100,
+    ``drop_pending_updates``) -> ``true``, the webhook kept in ``webhook``
+    (``{"url", "secret_token", "allowed_updates"}``). A wrong token is 401
     ``Unauthorized``, an unknown method 404 ``Not Found``, bad parameters 400
     ``Bad Request: ...``, always as ``{"ok": false, "error_code", "description"}``.
 
@@ -585,6 +589,7 @@ class FakeTelegram(JsonFake):
         self.bot_username = bot_username
         self._message_ids = itertools.count(5001)
         self.script: dict[str, list[Scripted]] = collections.defaultdict(list)
+        self.webhook: dict | None = None
         super().__init__(port)
         self.api_base = self.url
 
@@ -632,7 +637,8 @@ class FakeTelegram(JsonFake):
         if req.method not in ("GET", "POST"):
             req.problems.append(f"method {req.method}")
             return self._error(404, "Not Found")
-        handler = {"sendMessage": self._send_message, "answerCallbackQuery": self._answer_callback_query}.get(method)
+        handler = {"sendMessage": self._send_message, "answerCallbackQuery": self._answer_callback_query,
+                   "setWebhook": self._set_webhook}.get(method)
         if handler is None:
             req.problems.append(f"unknown method {method!r}")
             return self._error(404, "Not Found")
@@ -725,6 +731,48 @@ class FakeTelegram(JsonFake):
                 return "Bad Request: query_id is empty"  # wording is ours
             return None
         return 200, {"ok": True, "result": True}, {}
+
+    _WEBHOOK_PORTS = (443, 80, 88, 8443)
+    _UPDATE_TYPES = {"message", "edited_message", "channel_post", "edited_channel_post", "business_connection",
+                     "business_message", "edited_business_message", "deleted_business_messages",
+                     "message_reaction", "message_reaction_count", "inline_query", "chosen_inline_result",
+                     "callback_query", "shipping_query", "pre_checkout_query", "purchased_paid_media", "poll",
+                     "poll_answer", "my_chat_member", "chat_member", "chat_join_request", "chat_boost",
+                     "removed_chat_boost"}
+
+    def _set_webhook(self, req, params, check_only):
+        if check_only:
+            url = params.get("url")
+            if not isinstance(url, str):
+                return "Bad Request: url must be a string"   # wording is ours
+            if url != "":
+                parts = urllib.parse.urlsplit(url)
+                if parts.scheme != "https" or not parts.hostname:
+                    return "Bad Request: bad webhook: HTTPS url must be provided for webhook"
+                if (parts.port or 443) not in self._WEBHOOK_PORTS:
+                    return "Bad Request: bad webhook: Webhook can be set up only on ports 80, 88, 443 or 8443"
+            secret = params.get("secret_token")
+            if secret is not None:
+                if (not isinstance(secret, str) or not 1 <= len(secret) <= 256
+                        or not all(c.isascii() and (c.isalnum() or c in "_-") for c in secret)):
+                    return "Bad Request: secret token contains unallowed characters"   # wording is ours
+            allowed = params.get("allowed_updates")
+            if isinstance(allowed, str):  # form/query parameters carry JSON-serialized arrays
+                try:
+                    allowed = json.loads(allowed)
+                except ValueError:
+                    return "Bad Request: can't parse allowed updates JSON array"
+            if allowed is not None and (not isinstance(allowed, list)
+                                        or not all(isinstance(u, str) and u in self._UPDATE_TYPES for u in allowed)):
+                return f"Bad Request: allowed_updates must be a list of update types, got {allowed!r}"
+            mc = params.get("max_connections")
+            if mc is not None and (isinstance(mc, bool) or not isinstance(mc, int) or not 1 <= mc <= 100):
+                return "Bad Request: max_connections must be 1-100"
+            return None
+        with self.lock:
+            self.webhook = {"url": params["url"], "secret_token": params.get("secret_token"),
+                            "allowed_updates": params.get("allowed_updates")} if params["url"] else None
+        return 200, {"ok": True, "result": True, "description": "Webhook was set"}, {}
 
     # ---- inspection ------------------------------------------------------
 

@@ -130,6 +130,25 @@ def test_telegram_fake_follows_the_bot_api(fakes):
     assert len(tg.sent_messages()) == 3
 
 
+def test_telegram_fake_checks_set_webhook(fakes):
+    tg = fakes.telegram(token="42:abc")
+    base = "/bot42:abc"
+    good = {"url": "https://bot.example.com:8443/sb/v1/channels/tg/telegram", "secret_token": "Ab-9_z",
+            "allowed_updates": ["message", "callback_query"]}
+    r = post(tg, base + "/setWebhook", good)
+    assert r.status == 200 and r.json()["ok"] is True and r.json()["result"] is True, r
+    assert tg.webhook == good
+    for bad in ({**good, "url": "http://bot.example.com/x"}, {**good, "url": "https://bot.example.com:8080/x"},
+                {**good, "secret_token": "has space"}, {**good, "secret_token": "x" * 257},
+                {**good, "allowed_updates": ["message", "nonsense"]}, {"secret_token": "s"}):
+        r = post(tg, base + "/setWebhook", bad)
+        assert r.status == 400 and r.json()["description"].startswith("Bad Request: "), (bad, r)
+    assert tg.webhook == good
+    assert post(tg, base + "/setWebhook", {"url": ""}).status == 200
+    assert tg.webhook is None
+    assert len(tg.violations) == 6
+
+
 def test_retry_after_header_may_be_computed(fakes):
     from fakes import http_date
 

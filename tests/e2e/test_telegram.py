@@ -1,4 +1,4 @@
-"""The Telegram channel (docs/conversations.md, "Telegram channel") against
+"""The Telegram channel (docs/providers/telegram.md) against
 FakeTelegram, which follows shared/providers/platforms.md section 6."""
 
 import json

@@ -3,7 +3,9 @@
 --     lua5.4 tests/lua/run.lua
 --
 -- Loads scripts/routing.lua with a stub `log` global (which records what is
--- logged), then runs every tests/lua/test_*.lua in name order. A test file
+-- logged), then runs every tests/lua/test_*.lua in name order (a test file
+-- may load another module itself, after stubbing the engine's globals it
+-- uses, as test_schema.lua does). A test file
 -- registers tests with `test(name, fn)`; helpers: `eq(got, want, what)`,
 -- `logged(level)` (records since the test started), `reset_log()`.
 -- Prints each test and finally "N passed, N failed"; exits 1 on any failure.
