@@ -119,23 +119,26 @@ static int sleep_binding(lua_State *L)
     return lua_yield(L, 0);
 }
 
-/* route(method, pattern, handler [, level]): load time only. The handler
- * is a name ("module.fn") or a function, which is named after where route()
- * was called. `level`, as in error(), says whose call that is: 2 for a
- * helper that declares routes for its caller (inbound.endpoint), so that
- * names and load errors point at the caller's file and line. */
+/* route(method, pattern, handler [, level [, calls]]): load time only. The
+ * handler is a name ("module.fn") or a function, which is named after where
+ * route() was called. `level`, as in error(), says whose call that is: 2 for
+ * a helper that declares routes for its caller (inbound.endpoint), so that
+ * names and load errors point at the caller's file and line. `calls` is the
+ * name of a handler such a helper's function calls: like a route's handler
+ * name, it must resolve when the load ends. */
 static int route_binding(lua_State *L)
 {
     struct sb_runtime *rt = sb_runtime_of(L);
     const char *method = luaL_checkstring(L, 1);
     const char *pattern = luaL_checkstring(L, 2);
     lua_Integer level = luaL_optinteger(L, 4, 1);
+    const char *calls = luaL_optstring(L, 5, NULL);
     const char *handler;
     char msg[300], where[300];
     size_t wl;
     luaL_argexpected(L, lua_type(L, 3) == LUA_TSTRING || lua_isfunction(L, 3), 3, "handler name or function");
     luaL_argcheck(L, level >= 1 && level <= 10, 4, "level must be 1 to 10");
-    lua_settop(L, 3);
+    lua_settop(L, 5);
     if (!rt->loading)
         return luaL_error(L, "route() may only be called at load time (top level of a script)");
     luaL_where(L, (int)level);
@@ -152,7 +155,7 @@ static int route_binding(lua_State *L)
         lua_replace(L, 3);
     }
     handler = lua_tostring(L, 3);
-    if (sb_runtime_add_route(rt, method, pattern, handler, where, msg, sizeof msg)) {
+    if (sb_runtime_add_route(rt, method, pattern, calls, handler, where, msg, sizeof msg)) {
         lua_pushfstring(L, "%s%sroute(): %s", where, wl ? ": " : "", msg);
         return lua_error(L);
     }

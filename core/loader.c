@@ -184,19 +184,25 @@ static int check_routes(struct sb_runtime *rt, struct sb_error *err)
 {
     lua_State *L = rt->L;
     size_t i;
-    int ok = 1;
+    int k, ok = 1;
     for (i = 0; i < rt->nroutes && ok; i++) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, rt->engine_ref);
-        lua_getfield(L, -1, "resolve");
-        lua_pushstring(L, rt->routes[i].handler);
-        if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TFUNCTION) {
-            struct sb_error where, e;
-            sb_error_from_lua(&where, rt->routes[i].where, rt->routes[i].where);
-            sb_error_set(&e, where.file, where.line, "route %s %s: handler '%s' is not a function",
-                         rt->routes[i].method, rt->routes[i].pattern, rt->routes[i].handler);
-            ok = !load_error(rt, err, &e);
+        const struct sb_route *r = &rt->routes[i];
+        const char *names[2] = { r->handler, r->calls };
+        for (k = 0; k < 2 && ok; k++) {
+            if (!names[k])
+                continue;
+            lua_rawgeti(L, LUA_REGISTRYINDEX, rt->engine_ref);
+            lua_getfield(L, -1, "resolve");
+            lua_pushstring(L, names[k]);
+            if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TFUNCTION) {
+                struct sb_error where, e;
+                sb_error_from_lua(&where, r->where, r->where);
+                sb_error_set(&e, where.file, where.line, "route %s %s: handler '%s' is not a function",
+                             r->method, r->pattern, names[k]);
+                ok = !load_error(rt, err, &e);
+            }
+            lua_pop(L, 2);
         }
-        lua_pop(L, 2);
     }
     return ok && rt->load_errors == 0 ? 0 : -1;
 }

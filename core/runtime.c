@@ -111,6 +111,7 @@ void sb_route_free(struct sb_route *r)
     free(r->method);
     free(r->pattern);
     free(r->handler);
+    free(r->calls);
     free(r->where);
     memset(r, 0, sizeof *r);
 }
@@ -194,7 +195,7 @@ int sb_route_match_path(const struct sb_route *r, const char *path, struct sb_ro
     return *p == '\0';
 }
 
-int sb_runtime_add_route(struct sb_runtime *rt, const char *method, const char *pattern,
+int sb_runtime_add_route(struct sb_runtime *rt, const char *method, const char *pattern, const char *calls,
                          const char *handler, const char *where, char *msg, size_t msg_size)
 {
     static const char *const methods[] = { "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "*" };
@@ -219,6 +220,7 @@ int sb_runtime_add_route(struct sb_runtime *rt, const char *method, const char *
     }
     r.method = sb_xstrdup(method);
     r.handler = sb_xstrdup(handler);
+    r.calls = sb_xstrdup_or_null(calls);
     r.where = sb_xstrdup(where);
     if (rt->nroutes == rt->routes_cap) {
         rt->routes_cap = rt->routes_cap ? rt->routes_cap * 2 : 16;

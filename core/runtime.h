@@ -17,6 +17,7 @@ struct sb_route {
     char *method;        /* "GET", ..., or "*" */
     char *pattern;       /* "/v1/channels/{instance}/messages" */
     char *handler;       /* global function name, dots allowed */
+    char *calls;         /* a handler name the route's function calls (inbound.endpoint), or NULL */
     char *where;         /* "file:line" of the route() call */
     size_t nsegs;
     char **segs;         /* pattern split on '/'; "{name}" captures */
@@ -91,7 +92,8 @@ int sb_runtimes_live(void);
 struct sb_runtime *sb_runtime_of(struct lua_State *L);
 
 /* Registers a route during load; returns 0 or -1 with a message. */
-int sb_runtime_add_route(struct sb_runtime *rt, const char *method, const char *pattern,
+/* calls: a handler name that must resolve when the load ends, or NULL. */
+int sb_runtime_add_route(struct sb_runtime *rt, const char *method, const char *pattern, const char *calls,
                          const char *handler, const char *where, char *msg, size_t msg_size);
 
 /* Finds the route for method and raw path. Returns 1 on a match (filled m),

@@ -115,7 +115,8 @@ local function path_getter(path)
 end
 
 -- A handler given by name ("module.fn" or a global) is looked up at each
--- request, so it may be defined after the endpoint.
+-- request, so it may be defined after the endpoint (the loader checks it
+-- resolves when the load ends: route()'s `calls`).
 local function resolve(name)
   local first, rest = name:match("^([%w_]+)(.*)$")
   local v = first and _G[first]
@@ -207,7 +208,9 @@ function inbound.endpoint(spec)
     event_id = event_id, on_duplicate = on_duplicate, handler = spec.handler,
   }
   -- level 2: the route is named after, and a bad one reported at, the adapter's line
-  route(spec.method, spec.path, function(req) return serve(ep, req) end, 2)
+  -- a handler given by name must resolve when the load ends, as a route's does
+  route(spec.method, spec.path, function(req) return serve(ep, req) end, 2,
+        type(spec.handler) == "string" and spec.handler or nil)
 end
 
 -- ---------------------------------------------------------------- registering our webhook

@@ -308,6 +308,17 @@ def test_bad_declarations_fail_the_load_at_the_adapters_line(kit):
         """)
         err = assert_json_error(kit.reload(), 422, "reload_failed")
         assert err.get("file") == "providers/zz_bad.lua" and err.get("line") == 3, err
+        # a handler named but never defined: refused at load, not a 500 on the first request
+        kit.write_script("providers/zz_bad.lua", """
+            local channels = require("channels")
+            local inbound = require("inbound")
+            inbound.endpoint{ method = "POST", path = "/t/typo/{instance}", registry = channels, type = "kit",
+                              auth = { bearer = "secret" }, handler = "zz_bad.on_evnet" }
+            return { on_event = function() return 200 end }
+        """)
+        err = assert_json_error(kit.reload(), 422, "reload_failed")
+        assert err.get("file") == "providers/zz_bad.lua" and err.get("line") == 3, err
+        assert "'zz_bad.on_evnet' is not a function" in err["message"], err
     finally:
         kit.remove_script("providers/zz_bad.lua")
     kit.reload_ok()
