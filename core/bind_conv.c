@@ -85,6 +85,15 @@ static void push_json_or_nil(lua_State *L, const char *json)
         sb_json_decode(L, json, strlen(json));
 }
 
+/* A stored JSON array (tags, attachments, buttons), marked so that a script
+ * that encodes it again gets [] when it is empty, not {}. */
+static void push_json_array(lua_State *L, const char *json)
+{
+    push_json_or_nil(L, json);
+    if (lua_istable(L, -1))
+        sb_json_mark_array(L, -1);
+}
+
 static void push_msg(lua_State *L, const struct sb_msg *m)
 {
     lua_createtable(L, 0, 8);
@@ -106,9 +115,9 @@ static void push_msg(lua_State *L, const struct sb_msg *m)
     lua_setfield(L, -2, "author");
     lua_pushlstring(L, m->text, m->text_len);
     lua_setfield(L, -2, "text");
-    push_json_or_nil(L, m->attachments);
+    push_json_array(L, m->attachments);
     lua_setfield(L, -2, "attachments");
-    push_json_or_nil(L, m->buttons);
+    push_json_array(L, m->buttons);
     lua_setfield(L, -2, "buttons");
     push_json_or_nil(L, m->provider_ids);
     lua_setfield(L, -2, "provider_ids");
@@ -443,7 +452,7 @@ static int m_set(lua_State *L)
         } else if (type != LUA_TTABLE) {
             return luaL_error(L, "set: %s must be a table", fields[i]);
         } else if (i == NSTRINGS) {
-            /* tags: an array of strings, "[]" when empty (cjson writes {} for an empty table) */
+            /* tags: an array of strings */
             lua_Integer k, n = (lua_Integer)lua_rawlen(L, -1);
             tags_idx = lua_gettop(L);
             for (k = 1; k <= n; k++) {
@@ -451,10 +460,8 @@ static int m_set(lua_State *L)
                     return luaL_error(L, "set: tags must be an array of strings");
                 lua_pop(L, 1);
             }
-            if (n == 0)
-                lua_pushliteral(L, "[]");
-            else
-                sb_json_encode_at(L, -1);
+            sb_json_mark_array(L, -1);
+            sb_json_encode_at(L, -1);
             values[i] = lua_tostring(L, -1);
         } else {
             sb_json_encode_at(L, -1);
@@ -644,7 +651,7 @@ static int conv_index(lua_State *L)
     case F_GROUP: lua_pushstring(L, c->group); break;
     case F_AGENT: lua_pushstring(L, c->agent); break;
     case F_STATUS: lua_pushstring(L, c->status); break;
-    case F_TAGS: push_json_or_nil(L, c->tags); break;
+    case F_TAGS: push_json_array(L, c->tags); break;
     case F_CLIENT: push_json_or_nil(L, c->profile); break;
     case F_DATA: push_json_or_nil(L, c->data); break;
     case F_CREATED: lua_pushnumber(L, c->created); break;

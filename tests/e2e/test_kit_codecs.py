@@ -72,3 +72,24 @@ def test_marked_empty_tables_are_lists_in_answers_and_outbox_bodies(daemon):
     req = target.wait_for_requests(1)[0]
     assert json.loads(req.raw) == {"items": [], "meta": {}}, req.raw
     target.close()
+
+
+CONV_SCRIPT = """
+route("POST", "/t/conv", function(req)
+  local conv = conversations.find_or_create("web", "c1")
+  conv:set{ tags = {} }                                   -- a plain empty table: tags are a list
+  local m = conv:append{ author = { kind = "bot" }, text = "hi" }
+  return 200, json.encode{ tags = conv.tags, attachments = m.attachments, buttons = m.buttons,
+                           tagged = (function() conv:tag("x"); conv:untag("x"); return conv.tags end)() }
+end)
+"""
+
+
+def test_stored_lists_come_back_to_scripts_as_lists(daemon):
+    # conv.tags, message attachments and buttons are JSON arrays in the store;
+    # a script that encodes them again gets [] when they are empty, not {}
+    daemon.write_script("scripts/conv.lua", CONV_SCRIPT)
+    daemon.start()
+    resp = daemon.post("/t/conv", "")
+    assert resp.status == 200, resp
+    assert json.loads(resp.text) == {"tags": [], "attachments": [], "buttons": [], "tagged": []}, resp.text
