@@ -4,8 +4,8 @@
  * json.array: lua-cjson 2.1.0 writes every empty table as {}, and offers no
  * hook to say otherwise. A table given to json.array joins a weak set of
  * marked tables. While that set is empty, encoding is cjson's alone. While
- * it is not, each marked table that is empty at that moment holds a
- * sentinel string as its only element during the encode, and every
+ * it is not, the value is walked first, and each marked table in it that is
+ * empty at that moment holds a sentinel string as its only element during the encode, and every
  * ["<sentinel>"] in the output becomes []. The sentinel carries a random
  * nonce made when the runtime is built, so no script can write it. */
 #include "luajson.h"
@@ -24,6 +24,7 @@
 #include "runtime.h"
 
 #define SENTINEL_PREFIX "sb-empty-array-"
+#define SB_JSON_MAX_DEPTH 64   /* nesting, both ways (cjson's settings below) */
 
 /* the registry key of a runtime's set of marked tables */
 static const char marked_key = 0;
@@ -104,6 +105,32 @@ static void replace_sentinels(lua_State *L, const char *s, size_t n, const char 
     luaL_pushresult(&b);
 }
 
+/* Lists (in the table at `list`) the marked tables inside the value at idx
+ * that are empty now. The walk goes over the value being encoded, not over
+ * every marked table alive: its cost is the value's size, like cjson's own.
+ * Deeper than cjson's limit it stops (cjson refuses such a value anyway). */
+static void collect_empty_marked(lua_State *L, int idx, int marked, int list, lua_Integer *n, int depth)
+{
+    idx = lua_absindex(L, idx);
+    if (depth > SB_JSON_MAX_DEPTH || !lua_checkstack(L, 4))
+        return;
+    lua_pushnil(L);
+    if (!lua_next(L, idx)) {
+        lua_pushvalue(L, idx);
+        if (lua_rawget(L, marked) != LUA_TNIL) {
+            lua_pushvalue(L, idx);
+            lua_rawseti(L, list, ++*n);
+        }
+        lua_pop(L, 1);
+        return;
+    }
+    do {
+        if (lua_type(L, -1) == LUA_TTABLE)
+            collect_empty_marked(L, -1, marked, list, n, depth + 1);
+        lua_pop(L, 1);
+    } while (lua_next(L, idx));
+}
+
 /* json.encode(value), and what sb_json_encode_at calls. */
 static int json_encode(lua_State *L)
 {
@@ -112,8 +139,9 @@ static int json_encode(lua_State *L)
     const char *out, *quoted;
     lua_settop(L, 1);
     lua_pushnil(L);
-    if (!lua_next(L, lua_upvalueindex(UV_MARKED))) {
-        /* nothing is marked: cjson alone */
+    if (lua_type(L, 1) != LUA_TTABLE || !lua_next(L, lua_upvalueindex(UV_MARKED))) {
+        /* nothing is marked (or nothing to hold a mark): cjson alone */
+        lua_settop(L, 1);
         lua_pushvalue(L, lua_upvalueindex(UV_CJSON_ENCODE));
         lua_insert(L, 1);
         lua_call(L, 1, 1);
@@ -121,17 +149,7 @@ static int json_encode(lua_State *L)
     }
     lua_settop(L, 1);
     lua_newtable(L);                                   /* 2: the marked tables that are empty now */
-    lua_pushnil(L);
-    while (lua_next(L, lua_upvalueindex(UV_MARKED))) {
-        lua_pop(L, 1);                                 /* the key: a marked table */
-        lua_pushnil(L);
-        if (lua_next(L, -2)) {
-            lua_pop(L, 2);
-        } else {
-            lua_pushvalue(L, -1);
-            lua_rawseti(L, 2, ++n);
-        }
-    }
+    collect_empty_marked(L, 1, lua_upvalueindex(UV_MARKED), 2, &n, 0);
     lua_pushvalue(L, lua_upvalueindex(UV_RESTORE_MT));
     lua_setmetatable(L, 2);
     lua_toclose(L, 2);
@@ -209,7 +227,7 @@ static int read_path(lua_State *L)
     int cjson;
     luaopen_cjson(L);
     cjson = lua_gettop(L);
-    call_cjson_setting(L, cjson, "decode_max_depth", 0, 64);
+    call_cjson_setting(L, cjson, "decode_max_depth", 0, SB_JSON_MAX_DEPTH);
     call_cjson_setting(L, cjson, "decode_invalid_numbers", 1, 0);
     lua_getfield(L, cjson, "decode");
     lua_pushlstring(L, a->json, a->len);
@@ -290,8 +308,8 @@ void sb_json_open(struct sb_runtime *rt)
     luaopen_cjson(L);
     cjson = lua_gettop(L);
     call_cjson_setting(L, cjson, "encode_sparse_array", 1, 1);
-    call_cjson_setting(L, cjson, "encode_max_depth", 0, 64);
-    call_cjson_setting(L, cjson, "decode_max_depth", 0, 64);
+    call_cjson_setting(L, cjson, "encode_max_depth", 0, SB_JSON_MAX_DEPTH);
+    call_cjson_setting(L, cjson, "decode_max_depth", 0, SB_JSON_MAX_DEPTH);
     call_cjson_setting(L, cjson, "encode_invalid_numbers", 1, 0);
     call_cjson_setting(L, cjson, "decode_invalid_numbers", 1, 0);
 
