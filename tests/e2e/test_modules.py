@@ -38,11 +38,13 @@ def refused(daemon, file, line=None):
 # ------------------------------------------------------------ the frozen environment
 
 
-@pytest.mark.parametrize("name", ["json", "log", "conversations", "route", "string", "hasOperatorsOnline"])
+@pytest.mark.parametrize("name", ["json", "log", "conversations", "route", "string", "hasOperatorsOnline",
+                                  "crypto", "events", "inbound"])
 def test_assigning_an_engine_global_fails_the_load_at_its_line(engine_daemon, name):
     engine_daemon.write_script("rules/bad.lua", f"local x = 1\n{name} = {{}}\n", raw=True)
     msg = refused(engine_daemon, "rules/bad.lua", 2)
-    assert f"engine name '{name}'" in msg, msg
+    kind = "engine module" if name == "inbound" else "engine name"
+    assert f"{kind} '{name}'" in msg, msg
 
 
 def test_assigning_an_engine_module_says_how_to_use_it(engine_daemon):
