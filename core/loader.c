@@ -150,11 +150,14 @@ static int freeze_globals(struct sb_runtime *rt, struct sb_error *err)
     lua_getfield(L, -1, "freeze");
     lua_remove(L, -2);
     lua_getfield(L, LUA_REGISTRYINDEX, "sb.loaded");
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
         sb_error_set(err, "prelude", 0, "freezing the global environment failed: %s", lua_tostring(L, -1));
         lua_pop(L, 1);
         return -1;
     }
+    /* chunks loaded from now on (provider and rule files, modules they
+     * require, load()) get the frozen table as their globals */
+    lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
     return 0;
 }
 

@@ -59,6 +59,9 @@ function conv_api.find_or_create(channel, client_id, client)
   end
 end
 
+-- The global table of code loaded after the engine's modules (engine.freeze).
+local public = G
+
 -- Handlers given as functions (route(method, path, fn)) get a name, so
 -- that everything refers to handlers the same way.
 local anonymous = {}
@@ -77,7 +80,7 @@ function engine.resolve(name)
   local v
   for part in gmatch(name, "[^%.]+") do
     if v == nil then
-      v = G[part]
+      v = public[part]
       if v == nil then v = loaded[part] end
     else
       if type(v) ~= "table" then return nil end
@@ -89,30 +92,32 @@ end
 local resolve = engine.resolve
 
 -- The frozen global environment of provider and rule files (docs/lua-api.md,
--- "Modules and the global environment"): every name there after the
--- engine's own modules loaded (the libraries, the bindings, the engine's
--- globals) and every engine module by its name can be read; assigning one
--- raises at the line that tried. A file's own new globals stay its business.
+-- "Modules and the global environment"). The engine's table of globals
+-- (G: the libraries, the bindings, the engine's globals, and from now on
+-- every engine module by its name) stays as it is for the code loaded
+-- before, so the engine reads its globals at full speed; what loads after
+-- gets `public`, an empty table that reads through to G and refuses to
+-- assign any name G has, at the line that tried. A file's own new globals
+-- land in `public`. The loader makes `public` the runtime's global table.
 function engine.freeze(modules)
-  local names, keys = {}, {}
-  for k, v in next, G do names[k] = v; keys[#keys + 1] = k end
   for k, v in next, modules do
-    if names[k] == nil and type(k) == "string" and not k:find(".", 1, true) then names[k] = v end
+    if G[k] == nil and type(k) == "string" and not k:find(".", 1, true) then rawset(G, k, v) end
   end
-  for i = 1, #keys do rawset(G, keys[i], nil) end
-  setmetatable(G, {
-    __index = names,
+  public = setmetatable({}, {
+    __index = G,
     __newindex = function(t, k, v)
-      if names[k] ~= nil then
+      if G[k] ~= nil then
         local what = modules[k] ~= nil and ("the engine module '" .. tostring(k) .. "' (use: local " .. tostring(k)
                      .. " = require(\"" .. tostring(k) .. "\"))") or ("the engine name '" .. tostring(k) .. "'")
         error("cannot assign to " .. what .. ": make it a local of your file", 2)
       end
       rawset(t, k, v)
     end,
-    __engine_names = names,
+    __engine_names = G,
     __metatable = "the global environment is frozen",
   })
+  rawset(G, "_G", public)   -- `_G.json = x` goes through the guard too
+  return public
 end
 
 local request_methods = {}
