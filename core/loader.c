@@ -181,30 +181,37 @@ static int load_prelude(struct sb_runtime *rt, struct sb_error *err)
     return 0;
 }
 
+/* Whether a handler name resolves to a function in the runtime being
+ * built, by the engine's own resolver (the one jobs use). */
+static int resolves_to_function(struct sb_runtime *rt, const char *name)
+{
+    lua_State *L = rt->L;
+    int ok;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->engine_ref);
+    lua_getfield(L, -1, "resolve");
+    lua_pushstring(L, name);
+    ok = lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TFUNCTION;
+    lua_pop(L, 2);
+    return ok;
+}
+
 /* A route naming a handler that does not exist would only fail on the first
  * request; catch it at load so the old runtime keeps serving instead. */
 static int check_routes(struct sb_runtime *rt, struct sb_error *err)
 {
-    lua_State *L = rt->L;
     size_t i;
     int k, ok = 1;
     for (i = 0; i < rt->nroutes && ok; i++) {
         const struct sb_route *r = &rt->routes[i];
         const char *names[2] = { r->handler, r->calls };
         for (k = 0; k < 2 && ok; k++) {
-            if (!names[k])
+            struct sb_error where, e;
+            if (!names[k] || resolves_to_function(rt, names[k]))
                 continue;
-            lua_rawgeti(L, LUA_REGISTRYINDEX, rt->engine_ref);
-            lua_getfield(L, -1, "resolve");
-            lua_pushstring(L, names[k]);
-            if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TFUNCTION) {
-                struct sb_error where, e;
-                sb_error_from_lua(&where, r->where, r->where);
-                sb_error_set(&e, where.file, where.line, "route %s %s: handler '%s' is not a function",
-                             r->method, r->pattern, names[k]);
-                ok = !load_error(rt, err, &e);
-            }
-            lua_pop(L, 2);
+            sb_error_from_lua(&where, r->where, r->where);
+            sb_error_set(&e, where.file, where.line, "route %s %s: handler '%s' is not a function",
+                         r->method, r->pattern, names[k]);
+            ok = !load_error(rt, err, &e);
         }
     }
     return ok && rt->load_errors == 0 ? 0 : -1;
@@ -223,20 +230,15 @@ struct name_check {
 static void check_name(const char *what, const char *name, long count, void *arg)
 {
     struct name_check *c = arg;
-    lua_State *L = c->rt->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->rt->engine_ref);
-    lua_getfield(L, -1, "resolve");
-    lua_pushstring(L, name);
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TFUNCTION) {
-        struct sb_error e;
-        sb_error_set(&e, "", 0, "%s '%s' is not a function in the new code, and %ld pending %s still use%s it "
-                     "(keep the name resolving until they are done)",
-                     what, name, count, !strcmp(what, "timer") ? (count == 1 ? "timer" : "timers")
-                                                              : (count == 1 ? "outbox entry" : "outbox entries"),
-                     count == 1 ? "s" : "");
-        c->ok = !load_error(c->rt, c->err, &e) && c->ok;
-    }
-    lua_pop(L, 2);
+    struct sb_error e;
+    if (resolves_to_function(c->rt, name))
+        return;
+    sb_error_set(&e, "", 0, "%s '%s' is not a function in the new code, and %ld pending %s still use%s it "
+                 "(keep the name resolving until they are done)",
+                 what, name, count, !strcmp(what, "timer") ? (count == 1 ? "timer" : "timers")
+                                                          : (count == 1 ? "outbox entry" : "outbox entries"),
+                 count == 1 ? "s" : "");
+    c->ok = !load_error(c->rt, c->err, &e) && c->ok;
 }
 
 static int check_durable_names(struct sb_runtime *rt, struct sb_error *err)
