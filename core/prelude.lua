@@ -90,6 +90,9 @@ function engine.resolve(name)
   return v
 end
 local resolve = engine.resolve
+-- Scripts that take handler names (the adapters' kit) resolve them the
+-- way jobs do: resolve_handler(name) -> the function, or nil.
+G.resolve_handler = resolve
 
 -- The frozen global environment of provider and rule files (docs/lua-api.md,
 -- "Modules and the global environment"). The engine's table of globals

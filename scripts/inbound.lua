@@ -114,23 +114,6 @@ local function path_getter(path)
   end
 end
 
--- A handler given by name ("module.fn" or a global) is looked up at each
--- request, so it may be defined after the endpoint (the loader checks it
--- resolves when the load ends: route()'s `calls`).
-local function resolve(name)
-  local first, rest = name:match("^([%w_]+)(.*)$")
-  local v = first and _G[first]
-  if v == nil and first then
-    local ok, m = pcall(require, first)
-    v = ok and m or nil
-  end
-  for part in (rest or ""):gmatch("[^.]+") do
-    if type(v) ~= "table" then return nil end
-    v = v[part]
-  end
-  return v
-end
-
 local function event_key(ep, name, id)
   if math.type(id) == "integer" then id = string.format("%d", id) end
   if type(id) ~= "string" or id == "" then
@@ -167,7 +150,9 @@ local function serve(ep, req)
   end
   local handler = ep.handler
   if type(handler) == "string" then
-    handler = resolve(handler)
+    -- looked up at each request, so it may be defined after the endpoint
+    -- (the loader checks it resolves when the load ends: route()'s `calls`)
+    handler = resolve_handler(handler)
     if type(handler) ~= "function" then
       error("inbound " .. ep.label .. ": handler '" .. ep.handler .. "' is not a function", 0)
     end
