@@ -43,6 +43,17 @@ static struct sb_runtime *build(const char *const *files, struct sb_error *err, 
     return rt;
 }
 
+/* A build that must succeed: a failure is a failed check, with the error. */
+static struct sb_runtime *build_ok(const char *const *files)
+{
+    struct sb_error err;
+    struct sb_runtime *rt = build(files, &err, NULL);
+    CHECK(rt != NULL);
+    if (!rt)
+        fprintf(stderr, "  %s:%d: %s\n", err.file, err.line, err.message);
+    return rt;
+}
+
 static const char *global_string(struct sb_runtime *rt, const char *name)
 {
     static char buf[256];
@@ -63,16 +74,12 @@ static void test_loads_in_order_and_routes(void)
         "scripts/lib/skip.lua", "trace.order = trace.order .. 'SKIPPED'",
         NULL,
     };
-    struct sb_error err;
-    struct sb_runtime *rt = build(files, &err, NULL);
+    struct sb_runtime *rt = build_ok(files);
     struct sb_route_match m;
     char allow[64];
     int known;
-    CHECK(rt != NULL);
-    if (!rt) {
-        fprintf(stderr, "  %s:%d: %s\n", err.file, err.line, err.message);
+    if (!rt)
         return;
-    }
     lua_getglobal(rt->L, "trace");
     lua_getfield(rt->L, -1, "order");
     CHECK_STR(lua_tostring(rt->L, -1), "abpr");
@@ -145,13 +152,9 @@ static void test_sandbox(void)
         "scripts/lib/helper.lua", "return { name = 'helper' }",
         NULL,
     };
-    struct sb_error err;
-    struct sb_runtime *rt = build(files, &err, NULL);
-    CHECK(rt != NULL);
-    if (!rt) {
-        fprintf(stderr, "  %s:%d: %s\n", err.file, err.line, err.message);
+    struct sb_runtime *rt = build_ok(files);
+    if (!rt)
         return;
-    }
     CHECK_STR(global_string(rt, "r_io"), "nil");
     CHECK_STR(global_string(rt, "r_exec"), "nil");
     CHECK_STR(global_string(rt, "r_exit"), "nil");
@@ -213,13 +216,9 @@ static void test_json_array(void)
         "r_decoded = json.encode(json.decode('{\"l\":[]}'))\n",
         NULL,
     };
-    struct sb_error err;
-    struct sb_runtime *rt = build(files, &err, NULL);
-    CHECK(rt != NULL);
-    if (!rt) {
-        fprintf(stderr, "  %s:%d: %s\n", err.file, err.line, err.message);
+    struct sb_runtime *rt = build_ok(files);
+    if (!rt)
         return;
-    }
     CHECK_STR(global_string(rt, "r_field"), "{\"tags\":[]}");
     CHECK_STR(global_string(rt, "r_top"), "[]");
     CHECK_STR(global_string(rt, "r_plain"), "{\"e\":{}}");
