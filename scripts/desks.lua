@@ -7,6 +7,10 @@
 --   adapter.send_client_message(name, inst, conv, message)
 --   adapter.close(name, inst, conv, text)        -- the engine or the client ended the chat
 --   adapter.one_time(name, inst, conv, group, opts)   -- optional; default: open, then close
+--   adapter.default_recipient                    -- optional: destination rule 3 when the
+--                                                -- instance has no admin_recipient
+-- destinations may list a group under its name too, with { id = <its id> }:
+-- a switch naming it gets the id.
 -- and reports what the desk's webhooks say with desks.agent_message,
 -- desks.agent_closed and desks.group_changed. Those take the desk instance
 -- name and act only on a conversation in a live chat with that instance
@@ -226,7 +230,8 @@ function desks.agent_message(name, conversation_id, msg)
   return m
 end
 
--- The agent ended the chat on desk `name`. opts = { event_id = }.
+-- The agent ended the chat on desk `name`. opts = { event_id =, defer_event = }
+-- (defer_event: the bot gets livechatFinished with the client's next message).
 -- Returns { duplicate = true } for a repeated event id, else {}.
 function desks.agent_closed(name, conversation_id, opts)
   opts = opts or {}
@@ -234,8 +239,41 @@ function desks.agent_closed(name, conversation_id, opts)
   local conv = desks.live_chat(name, conversation_id)
   if not conv then refuse() end
   remember_event(name, conv, opts.event_id)
-  livechat.finish(conv, "agent")
+  livechat.finish(conv, "agent", { defer_event = opts.defer_event })
   return {}
+end
+
+-- An agent of desk `name` took the chat (a desk that says so apart from
+-- the agent's first message: Jivo's AGENT_JOINED, Chat2Desk's transfer to
+-- an operator). A queued chat becomes the agent's (livechat.started); one
+-- already with an agent gets the new agent. opts = { agent = { id =, name = }, event_id = }.
+function desks.agent_joined(name, conversation_id, opts)
+  opts = opts or {}
+  if applied_event(name, conversation_id, opts.event_id) then return { duplicate = true } end
+  local conv = desks.live_chat(name, conversation_id)
+  if not conv then refuse() end
+  remember_event(name, conv, opts.event_id)
+  local agent = opts.agent or {}
+  if agent.name or agent.id then conv:set{ agent = agent.name or agent.id } end
+  if conv.state == "queued" then
+    conv:set_state("agent", "agent joined")
+    conv:journal("livechat_started", { desk = name, group = conv.data.livechat.group, agent = agent.name,
+                                       agent_id = agent.id })
+  end
+  livechat.touch(conv)
+  return {}
+end
+
+-- Desk `name` found no agent for a queued chat (Jivo's AGENT_UNAVAILABLE):
+-- livechat.unavailable. opts = { event_id = }. Returns { action = "waiting" | "returned" }.
+function desks.agent_unavailable(name, conversation_id, opts)
+  opts = opts or {}
+  if applied_event(name, conversation_id, opts.event_id) then return { duplicate = true } end
+  local conv = desks.live_chat(name, conversation_id)
+  if not conv then refuse() end
+  remember_event(name, conv, opts.event_id)
+  if conv.state ~= "queued" then return { action = "ignored" } end   -- an agent has it already
+  return { action = livechat.unavailable(conv) }
 end
 
 -- Desk `name` moved the chat to another group. opts = { event_id = }.

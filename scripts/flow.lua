@@ -57,6 +57,7 @@ end
 -- the desk while it is queued for or with an agent.
 function flow.route_client_message(conv, m)
   if conv.state == "bot" then
+    livechat.flush_deferred_events(conv)
     bots.deliver(conv, m)
   elseif desks and desks.client_message then
     desks.client_message(conv, m)

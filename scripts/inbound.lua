@@ -59,25 +59,57 @@ function AUTH.path(a)
   end
 end
 
+-- header: a name, or a function of the instance config (platforms whose
+-- header names are the integrator's to set); message(req, inst): what is
+-- signed (default the raw body); key(secret): the key, or keys(secret): a
+-- list of keys any of which may have signed (a key being rotated, a
+-- platform that does not say how it derives its key); enabled(inst): false
+-- skips this check for that instance (a signature the integrator turns
+-- on). Every key costs one HMAC, whichever matches.
 function AUTH.hmac(a)
   local h = a.hmac
-  local header, alg, enc, prefix = h.header:lower(), h.algorithm or "sha256", h.encoding or "hex", h.prefix or ""
+  local alg, enc, prefix = h.algorithm or "sha256", h.encoding or "hex", h.prefix or ""
+  local what = a.what or ((type(h.header) == "string" and h.header .. " " or "") .. "signature")
   return function(req, inst)
+    if h.enabled and inst and not h.enabled(inst) then return end
     local secret = secret_of(inst, h.secret)
-    local key = secret or STAND_IN
-    if h.key then key = h.key(key) end
-    local signed = h.message and h.message(req) or req.body
-    local expected = prefix .. crypto.hmac(alg, key, signed, enc)
-    local given = req.headers[header]
-    if enc == "hex" and type(given) == "string" and given:sub(1, #prefix) == prefix then
+    local base = secret or STAND_IN
+    local keys = h.keys and h.keys(base) or { h.key and h.key(base) or base }
+    local signed = h.message and h.message(req, inst or {}) or req.body
+    local header = h.header
+    if type(header) == "function" then header = inst and header(inst) or "x-signature" end
+    local given = req.headers[header:lower()]
+    if type(given) ~= "string" then given = "" end
+    if enc == "hex" and given:sub(1, #prefix) == prefix then
       given = prefix .. given:sub(#prefix + 1):lower()   -- hex digits in either case
     end
-    authenticate(given, expected, a.what or (h.header .. " signature"), secret ~= nil)
+    local ok = false
+    for _, key in ipairs(keys) do
+      if secure_equal(given, prefix .. crypto.hmac(alg, key, signed, enc)) then ok = true end
+    end
+    authenticate(ok and "match" or "", "match", what, secret ~= nil)
   end
 end
 
-local function check_auth(a)
+-- Several checks that must all pass, in order (a secret in the path, then a signature).
+local function all_of(checks)
+  return function(req, inst)
+    for _, check in ipairs(checks) do check(req, inst) end
+  end
+end
+
+local check_auth
+function check_auth(a)
   if type(a) ~= "table" then return nil, "auth must be a table (bearer, header, path or hmac)" end
+  if a[1] ~= nil then
+    local checks = {}
+    for i, one in ipairs(a) do
+      local check, why = check_auth(one)
+      if not check then return nil, "auth[" .. i .. "]: " .. why end
+      checks[i] = check
+    end
+    return all_of(checks)
+  end
   local kind
   for k in pairs(AUTH) do
     if a[k] ~= nil then
@@ -95,7 +127,12 @@ local function check_auth(a)
   if kind == "path" and type(a.path) ~= "string" then return nil, "auth.path must name a {parameter} of the path" end
   if kind == "hmac" then
     local h = a.hmac
-    if type(h.header) ~= "string" then return nil, "auth.hmac.header must be a header name" end
+    if type(h.header) ~= "string" and type(h.header) ~= "function" then
+      return nil, "auth.hmac.header must be a header name or a function of the instance config"
+    end
+    for _, f in ipairs({ "message", "key", "keys", "enabled" }) do
+      if h[f] ~= nil and type(h[f]) ~= "function" then return nil, "auth.hmac." .. f .. " must be a function" end
+    end
     if h.algorithm and not HMAC_ALGORITHMS[h.algorithm] then return nil, "auth.hmac.algorithm: sha1, sha256 or sha512" end
     if h.encoding and not HMAC_ENCODINGS[h.encoding] then return nil, "auth.hmac.encoding: hex or base64" end
   end

@@ -79,8 +79,15 @@ function livechat.plan(conv, sw)
     local client = conv.client
     requested, mapped_why = routing.map_group(desk, client.group, client.start_page or client.page_url)
   end
-  local group, rule, reason = routing.resolve(requested, desk, known)
+  -- a desk without an admin_recipient of its own may have a default one
+  -- (Chat2Desk's: the account's administrator, no transfer)
+  local group, rule, reason = routing.resolve(requested, {
+    default_group = desk.default_group, admin_recipient = desk.admin_recipient or adapter.default_recipient,
+  }, known)
   if mapped_why and rule == 1 then reason = "mapped from " .. mapped_why end
+  -- a desk that knows a group by name and by id gives its id: the group
+  -- is kept and sent as the desk's id whichever the bot named
+  if group and known and known[group] and known[group].id then group = known[group].id end
   local plan = { desk = name, group = group, rule = rule, reason = reason, sw = sw }
   if not group then
     plan.action, plan.reason = "error", reason
@@ -165,6 +172,7 @@ function livechat.execute(conv, plan, bot_name)
   data.livechat = {
     desk = plan.desk, group = plan.group, close_phrases = sw.close_chat_phrases,
     last_message = sw.last_message, bot = bot_name, started = now(), last_activity = now(),
+    ignore_offline = sw.ignore_offline or nil,
   }
   conv:set{ desk = plan.desk, group = plan.group, data = data }
   conv:set_state("queued", "switch")
@@ -231,10 +239,47 @@ function livechat.finish(conv, reason, opts)
     local m = conv:append{ author = { kind = "system" }, text = lc.last_message }
     channels.send(conv, m)
   end
-  if not opts.quiet then
+  if opts.defer_event then
+    -- a platform where the chat is over until the client writes again
+    -- (Jivo): the bot gets the event just before that message
+    data = conv.data
+    data.deferred_bot_events = { { event = "livechatFinished", data = { reason = reason } } }
+    conv:set{ data = data }
+  elseif not opts.quiet then
     bots.event(conv, "livechatFinished", { reason = reason })
   end
   return true
+end
+
+-- Bot events held back by finish{defer_event}: sent now, before the
+-- client message that follows, in the bot's lane (so in that order).
+function livechat.flush_deferred_events(conv)
+  local data = conv.data
+  local pending = data.deferred_bot_events
+  if not pending then return end
+  data.deferred_bot_events = nil
+  conv:set{ data = data }
+  for _, e in ipairs(pending) do bots.event(conv, e.event, e.data) end
+end
+
+-- The desk could not give the chat to an agent (Jivo's AGENT_UNAVAILABLE)
+-- while it was queued: a switch with ignoreOffline keeps waiting; any
+-- other goes back to the bot with noLivechatOperatorsOnline, as when no
+-- agent was online at the switch. Returns what was done: "waiting" or "returned".
+function livechat.unavailable(conv)
+  local data = conv.data
+  local lc = data.livechat
+  if lc.ignore_offline then
+    conv:journal("livechat_unavailable", { desk = lc.desk, group = lc.group, action = "waiting" })
+    return "waiting"
+  end
+  if lc.timer then timer.cancel(lc.timer) end
+  data.livechat = nil
+  conv:set{ data = data, agent = false }
+  conv:set_state("bot", "no agent available")
+  conv:journal("livechat_unavailable", { desk = lc.desk, group = lc.group, action = "returned" })
+  bots.event(conv, "noLivechatOperatorsOnline", { group = lc.group, desk = lc.desk })
+  return "returned"
 end
 
 -- The client typed a close phrase: end the chat, then the phrase goes to
