@@ -615,11 +615,12 @@ class FakeChat2Desk(JsonFake):
         return signature(self.signing_key if key is None else key, raw, timestamp)
 
     def post_event(self, event=None, raw=None, url=None, signed=None, bad_signature=False, timestamp=None,
-                   headers=None, timeout=30) -> Response:
+                   key=None, headers=None, timeout=30) -> Response:
         """POST one event (a dict sent compact, or ``raw`` bytes) to the engine.
 
         ``signed``: default: when ``signature`` is configured. ``bad_signature``
-        sends a signature over other bytes; ``timestamp`` overrides now."""
+        sends a signature over other bytes; ``timestamp`` overrides now; ``key``
+        overrides the signing key (e.g. the raw 16 MD5 bytes)."""
         url = url or self.webhook_url
         assert url, "set webhook_url first: the engine's /v1/providers/{instance}/chat2desk/{secret}"
         data = raw if raw is not None else json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
@@ -629,7 +630,7 @@ class FakeChat2Desk(JsonFake):
         if signed:
             sig = self.signature or {"header": "X-Signature", "timestamp_header": "X-Timestamp"}
             ts = timestamp if timestamp is not None else str(int(time.time()))
-            mac = self.sign(data + (b" " if bad_signature else b""), ts)
+            mac = self.sign(data + (b" " if bad_signature else b""), ts, key)
             h[sig["header"]] = mac
             h[sig["timestamp_header"]] = ts
         h.update(headers or {})
@@ -653,6 +654,21 @@ class FakeChat2Desk(JsonFake):
         with self.lock:
             self.sent.append((url, data, dict(h), resp))
         return resp
+
+    def seed_client(self, phone, nickname="someone else", text="hello"):
+        """A client that wrote to the account on its own (not through us):
+        a client, an open dialog and its message. Returns the client's id."""
+        with self.lock:
+            cid = next(self._ids["client"])
+            self.clients[cid] = {"id": cid, "phone": phone, "name": nickname, "nickname": nickname,
+                                 "client_phone": None, "assigned_name": None, "external_id": None,
+                                 "channel_id": self.channel_id, "transport": self.transport}
+            d = self._open_dialog(cid)
+            mid = next(self._ids["message"])
+            self.messages[mid] = {"id": mid, "type": "from_client", "text": text, "client_id": cid,
+                                  "dialog_id": d["id"], "request_id": d["request_id"], "operator_id": None,
+                                  "channel_id": self.channel_id, "transport": self.transport}
+            return cid
 
     def _client_dialog(self, client_id):
         with self.lock:
