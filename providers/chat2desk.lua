@@ -146,13 +146,27 @@ local Operator = S.object{ id = S.id{ required = true }, first_name = S.string{ 
                            last_name = S.string{ max = 256, lenient = true }, email = S.string{ max = 256, lenient = true },
                            online = S.any{} }
 
+-- Groups, operators' online flags and names are kept in this runtime's
+-- memory for a short while (a reload starts afresh): asking Chat2Desk at
+-- every switch would spend the account's API quota, and writing them to
+-- the store would cost a write per refresh.
+local memory = {}
+local function forget(name, what) memory[name .. "\0" .. what] = nil end
+local function remembered(name, what)
+  local m = memory[name .. "\0" .. what]
+  if m and m.expires > now() then return m.value end
+  return nil
+end
+local function keep(name, what, value, seconds)
+  if seconds > 0 then memory[name .. "\0" .. what] = { value = value, expires = now() + seconds } end
+end
+
 local function cached(name, what, seconds, fetch)
-  local k = key(name, what)
-  local v = state.get(k)
+  local v = remembered(name, what)
   if v ~= nil then return v end
   local fresh, problem = fetch()
   if fresh == nil then return nil, problem end
-  if seconds > 0 then state.set(k, fresh, seconds) end
+  keep(name, what, fresh, seconds)
   return fresh
 end
 
@@ -189,7 +203,7 @@ local function operators(name, inst)
         names[ok.id] = full_name(ok)
       end
     end
-    state.set(key(name, "names"), names, ttl(inst, "names_ttl", 3600))
+    keep(name, "names", names, ttl(inst, "names_ttl", 3600))
     return out
   end)
 end
@@ -197,14 +211,14 @@ end
 -- The operator's "first last" name, or nil when Chat2Desk does not say.
 local function operator_name(name, inst, id)
   if not id then return nil end
-  local names = state.get(key(name, "names"))
+  local names = remembered(name, "names")
   if names and names[id] then return names[id] end
   -- an operator we have not seen: read the list again, at most once a minute
-  if state.get(key(name, "names_read")) then return nil end
-  state.set(key(name, "names_read"), true, 60)
-  state.delete(key(name, "operators"))
+  if remembered(name, "names_read") then return nil end
+  keep(name, "names_read", true, 60)
+  forget(name, "operators")
   if not operators(name, inst) then return nil end
-  names = state.get(key(name, "names"))
+  names = remembered(name, "names")
   return names and names[id]
 end
 
@@ -472,7 +486,7 @@ local function operator_status(name, _, e)
   local k = key(name, "status", id)
   local before = state.get(k)
   state.set(k, { status = status, online = online, at = now() })
-  state.delete(key(name, "operators"))
+  forget(name, "operators")
   if not before or before.status ~= status then desks.agent_status(name, id, status) end
   return 200, { ok = true }
 end
