@@ -302,6 +302,7 @@ function OPS.inbox(name, inst, d, map)
                  transport = inst.transport or "external" }
   if inst.send_external_id ~= false then body.external_id = d.external_id end
   if d.attachment then body.attachment, body.attachment_filename = d.attachment, d.filename end
+  if d.custom_fields then body.custom_fields = d.custom_fields end
   local data, p = request(name, inst, "POST", "/v1/messages/inbox", nil, body)
   if data == nil then fail(name, "inbox", p, d.conversation) end
   local r = S.validate(Injected, data) or {}
@@ -358,6 +359,15 @@ end
 function chat2desk.open(name, inst, conv, group, opts)
   queue(name, conv, "client", {})
   local labels, texts = inst.history_labels or {}, {}
+  -- the switch's attributes are for the agent: one message before the history
+  local attributes = {}
+  for k, v in pairs(opts.attributes or {}) do
+    attributes[#attributes + 1] = tostring(k) .. ": " .. (type(v) == "table" and json.encode(v) or tostring(v))
+  end
+  if #attributes > 0 then
+    table.sort(attributes)
+    texts[1] = (labels.attributes or "Attributes") .. ":\n" .. table.concat(attributes, "\n")
+  end
   for _, h in ipairs(opts.history or {}) do
     local label = h.author == "bot" and (labels.bot or "Bot") or (labels.client or "Client")
     texts[#texts + 1] = label .. ": " .. h.text
@@ -366,8 +376,18 @@ function chat2desk.open(name, inst, conv, group, opts)
   -- the transfer needs a message of the client's: say something when the switch did not
   if #texts == 0 then texts[1] = inst.handoff_text or "The client was handed over by the bot." end
   local switch_no = conv.last_seq
+  -- hiddenAttributes and customData are for the platform, not the agent:
+  -- the client's custom_fields, when the instance says Chat2Desk takes them
+  local custom
+  if inst.send_custom_fields == true then
+    custom = {}
+    for k, v in pairs(opts.custom_data or {}) do custom[k] = v end
+    for k, v in pairs(opts.hidden_attributes or {}) do custom[k] = v end
+    if next(custom) == nil then custom = nil end
+  end
   for i, text in ipairs(texts) do
-    queue(name, conv, "inbox", { text = text, external_id = conv.id .. ":switch:" .. switch_no .. ":" .. i })
+    queue(name, conv, "inbox", { text = text, external_id = conv.id .. ":switch:" .. switch_no .. ":" .. i,
+                                 custom_fields = i == 1 and custom or nil })
   end
   if group and group ~= ADMIN then queue(name, conv, "transfer", { group = group }) end
 end
