@@ -102,9 +102,20 @@ local check_auth
 function check_auth(a)
   if type(a) ~= "table" then return nil, "auth must be a table (bearer, header, path or hmac)" end
   if a[1] ~= nil then
-    local checks = {}
+    -- one refusal for all: which check failed would tell a caller that
+    -- got the path secret right that it did
+    local checks, whats = {}, {}
     for i, one in ipairs(a) do
-      local check, why = check_auth(one)
+      if type(one) ~= "table" then return nil, "auth[" .. i .. "] must be a table" end
+      whats[i] = one.what or (one.bearer and "bearer token") or (one.path and "key in the path")
+                 or (one.hmac and "signature") or one.header
+    end
+    local what = a.what or table.concat(whats, " or ")
+    for i, one in ipairs(a) do
+      local copy = {}
+      for k, v in pairs(one) do copy[k] = v end
+      copy.what = what
+      local check, why = check_auth(copy)
       if not check then return nil, "auth[" .. i .. "]: " .. why end
       checks[i] = check
     end

@@ -183,3 +183,33 @@ def test_log_lines_are_logfmt(daemon):
     listening = daemon.find_logs(msg="listening")
     assert listening and listening[0]["level"] == "info"
     assert listening[0]["addr"] == f"127.0.0.1:{daemon.port}"
+
+
+# ------------------------------------------------------------ the shipped example configs
+
+
+EXAMPLE_ENV = {  # what the examples read with env(): set, as a user would
+    "SWITCHBOARD_API_TOKEN": "api-token", "SWITCHBOARD_ADMIN_TOKEN": "admin-token",
+    "SWITCHBOARD_WEB_SECRET": "web-secret", "CHAT2DESK_TOKEN": "c2d-token", "C2D_CHANNEL_ID": "17",
+    "C2D_WEBHOOK_SECRET": "c2d-hook", "C2D_DEFAULT_GROUP": "Support", "JIVO_PROVIDER_ID": "jivo-provider",
+    "JIVO_BOT_TOKEN": "jivo-token", "JIVO_SECRET": "jivo-secret",
+}
+
+
+def test_every_example_config_passes_check(tmp_path):
+    """Each examples/*.conf.lua loads with the repository's scripts and
+    providers, as `switchboard --check -c examples/<name>` run from the
+    repository would; the check writes nothing outside its data folder."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    for folder in ("scripts", "providers", "rules", "examples"):
+        shutil.copytree(repo / folder, tmp_path / folder)
+    configs = sorted((tmp_path / "examples").glob("*.conf.lua"))
+    assert len(configs) >= 2, configs
+    env = dict(os.environ, **EXAMPLE_ENV)
+    for cfg in configs:
+        res = run_cli(["--check", "-c", str(cfg)], cwd=tmp_path, env=env)
+        assert res.returncode == 0 and res.stdout.strip() == "ok", (cfg.name, res)

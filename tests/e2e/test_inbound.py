@@ -57,6 +57,16 @@ kit("/t/hmac-b64/{instance}", { hmac = {
   key = function(secret) return crypto.md5(secret) end,
 } })
 
+-- two checks in order; the signature's header from the instance config,
+-- two keys (one being rotated out), and instances that turn it off
+kit("/t/both/{instance}/{key}", {
+  { path = "key", secret = "api_key" },
+  { hmac = { header = function(inst) return inst.sig_header or "X-Signature" end, secret = "hmac_secret",
+             keys = function(s) return { s .. "-old", s } end,
+             message = function(req, inst) return req.body .. (req.headers[(inst.ts_header or "X-Ts"):lower()] or "") end,
+             enabled = function(inst) return inst.signatures ~= false end } },
+})
+
 local Order = S.object({
   name = S.string{ required = true, max = 10 },
   count = S.integer{ min = 1 },
@@ -105,7 +115,8 @@ def kit(tmp_path_factory):
     install_lua_tree(d)
     d.write_script("providers/kit_test.lua", KIT_LUA)
     d.write_config(api_token="test-api-token", channels={
-        "kit1": {"type": "kit", **SECRETS},
+        "kit1": {"type": "kit", **SECRETS, "sig_header": "X-Kit-Sig"},
+        "unsigned": {"type": "kit", **SECRETS, "signatures": False},
         "other": {"type": "otherkind", **SECRETS},      # the right secrets, another type
         "bare": {"type": "kit"},                         # no secrets configured
     })
@@ -196,6 +207,37 @@ def test_each_auth_kind_is_accepted_and_refused_alike(kit, kind):
         same_401(post(kit, "/t/bearer/kit1", raw=BODY), wrong)
     # nothing ran for any refused request
     assert hits(kit, kind) == before + 1 + (1 if kind == "hmac-hex" else 0)
+
+
+def test_a_list_of_checks_all_pass_in_order_with_configured_signatures(kit):
+    ts = "1700000001"
+
+    def sig(secret=SECRETS["hmac_secret"], body=BODY, stamp=ts):
+        return hmac.new(secret.encode(), body + stamp.encode(), hashlib.sha256).hexdigest()
+
+    def send(instance="kit1", key=SECRETS["api_key"], headers=None):
+        return post(kit, f"/t/both/{instance}/{key}", raw=BODY, headers={"X-Ts": ts, **(headers or {})})
+
+    before = hits(kit, "both")
+    assert send(headers={"X-Kit-Sig": sig()}).status == 200
+    # a key being rotated out still signs
+    assert send(headers={"X-Kit-Sig": sig(SECRETS["hmac_secret"] + "-old")}).status == 200
+    assert hits(kit, "both") == before + 2
+
+    wrong = send(key="wrong", headers={"X-Kit-Sig": sig()})
+    assert_json_error(wrong, 401, "unauthorized")
+    # the path is right, the signature is not: the same answer
+    same_401(send(headers={"X-Kit-Sig": sig("wrong")}), wrong)
+    same_401(send(headers={"X-Kit-Sig": sig(stamp="1")}), wrong)
+    same_401(send(), wrong)
+    # the header is the instance's, not the default one
+    same_401(send(headers={"X-Signature": sig()}), wrong)
+    # an instance with signatures off needs the path secret only
+    assert send("unsigned").status == 200
+    same_401(send("unsigned", key="wrong"), wrong)
+    for instance in ("nope", "other", "bare"):
+        same_401(send(instance, headers={"X-Kit-Sig": sig()}), wrong)
+    assert hits(kit, "both") == before + 3
 
 
 def test_malformed_json_is_400_after_authentication(kit):
