@@ -16,7 +16,8 @@ Calls it takes (``call`` is the name the inspection helpers use):
 ``find``       ``GET /v1/clients?phone=<identity>`` -> a list of 0 or 1 client
 ``create``     ``POST /v1/clients`` ``{phone, transport, channel_id, nickname}``
 ``inbox``      ``POST /v1/messages/inbox`` ``{client_id, text, channel_id,
-               transport, external_id[, attachment, attachment_filename]}``
+               transport, external_id[, attachment, attachment_filename,
+               custom_fields]}``
 ``transfer``   ``GET /v1/messages/{id}/transfer_to_group?group_id=&force_assign=true|false``
 ``close``      ``PUT /v1/dialogs/{id}`` ``{"state": "closed"}``
 =============  ==============================================================
@@ -434,7 +435,9 @@ class FakeChat2Desk(JsonFake):
 
     def _do_inbox(self, req, b):
         self._fields("inbox", b, ("client_id", "text", "channel_id", "transport", "external_id"),
-                     ("attachment", "attachment_filename"))
+                     ("attachment", "attachment_filename", "custom_fields"))
+        if "custom_fields" in b and not isinstance(b["custom_fields"], dict):
+            raise _Problem(400, f"inbox: custom_fields is {b['custom_fields']!r}, expected an object")
         if not _is_int(b["client_id"]):
             raise _Problem(400, f"inbox: client_id is {b['client_id']!r}, expected an integer")
         if not isinstance(b["text"], str):
