@@ -153,7 +153,7 @@ static struct family *family_insert(size_t at, const char *name)
 {
     struct family *f;
     if (nfamilies == 0)
-        sb_metrics_register(sb_counters_render);
+        sb_metrics_register_last(sb_counters_render);
     if (nfamilies == families_cap) {
         families_cap = families_cap ? 2 * families_cap : 8;
         families = sb_xrealloc(families, families_cap * sizeof *families);
