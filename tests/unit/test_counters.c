@@ -198,7 +198,7 @@ static void test_series_limit(void)
 static void test_refused_input_counts_nothing(void)
 {
     struct sb_counter_label nine[9], twice[2], bad[1];
-    char names[9][4];
+    char names[9][16];
     int i;
     for (i = 0; i < 9; i++) {
         snprintf(names[i], sizeof names[i], "l%d", i);
