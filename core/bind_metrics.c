@@ -42,9 +42,12 @@ static size_t read_labels(lua_State *L, int t, struct sb_counter_label *labels)
         const char *problem;
         size_t name_len;
         int vtype = lua_type(L, -1);
+        if (lua_type(L, -2) == LUA_TNUMBER) {
+            lua_pushvalue(L, -2);   /* converting the key itself would confuse lua_next */
+            return (size_t)luaL_error(L, "metrics.count: label %s: label names must be strings", lua_tostring(L, -1));
+        }
         if (lua_type(L, -2) != LUA_TSTRING)
-            return (size_t)luaL_error(L, "metrics.count: label %s: label names must be strings",
-                                      luaL_tolstring(L, -2, NULL));
+            return (size_t)luaL_error(L, "metrics.count: label names must be strings, not %s", luaL_typename(L, -2));
         if (n == SB_COUNTER_LABELS_MAX)
             return (size_t)luaL_error(L, "metrics.count: more than %d labels (at label \"%s\")",
                                       SB_COUNTER_LABELS_MAX, push_shown(L, lua_tostring(L, -2), lua_rawlen(L, -2)));
