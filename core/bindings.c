@@ -6,6 +6,7 @@
 #include "bind_crypto.h"
 #include "bind_events.h"
 #include "bind_http.h"
+#include "bind_metrics.h"
 #include "bind_outbox.h"
 #include "bind_state.h"
 #include "bind_timer.h"
@@ -22,6 +23,7 @@ void sb_bindings_open(struct sb_runtime *rt)
     sb_bind_conv_open(rt->L);
     sb_bind_outbox_open(rt->L);
     sb_bind_events_open(rt->L);
+    sb_bind_metrics_open(rt->L);
 }
 
 void sb_bindings_runners(void)

@@ -280,6 +280,14 @@ static int parse_table(lua_State *L, struct sb_config *cfg, const struct sb_over
     cfg->events_stream_buffer = (long)d;
     lua_pop(L, 1);
 
+    if (want_table(L, root, "metrics", err, file))
+        goto done;
+    sub = lua_gettop(L);
+    if (get_number(L, sub, "max_series", 1000, 1, 1000000, &d, err, file, "metrics."))
+        goto done;
+    cfg->metrics_max_series = (size_t)d;
+    lua_pop(L, 1);
+
     if (want_table(L, root, "http", err, file))
         goto done;
     sub = lua_gettop(L);

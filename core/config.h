@@ -57,6 +57,7 @@ struct sb_config {
     int events_stream_max;          /* open SSE streams */
     long events_stream_buffer;      /* bytes of unsent output before a stream is closed */
     double events_stream_heartbeat; /* seconds between two comment lines on a quiet stream */
+    size_t metrics_max_series;      /* series of metrics.count in all, every family */
     struct lua_State *L;            /* owns the config table (registry ref table_ref) */
     int table_ref;
 };

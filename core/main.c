@@ -22,6 +22,7 @@
 #include "config.h"
 #include "conn.h"
 #include "conv.h"
+#include "counters.h"
 #include "handler_use.h"
 #include "httpclient.h"
 #include "job.h"
@@ -319,6 +320,7 @@ static int run_check(void)
     rt = build(1, &txn, &err, print_check_error);
     if (!rt) {
         sb_timers_free_all();
+        sb_counters_free_all();   /* counts are made at once, even by a load that failed */
         sb_jobs_free();
         sb_metrics_free();
         event_base_free(sb_base);
@@ -331,6 +333,7 @@ static int run_check(void)
     sb_metrics_free();
     sb_timers_free_all();
     sb_kv_free_all();
+    sb_counters_free_all();
     event_base_free(sb_base);
     printf("ok\n");
     return 0;
@@ -479,6 +482,7 @@ out:
     sb_conv_free_all();
     sb_httpclient_shutdown();
     sb_kv_free_all();
+    sb_counters_free_all();
     sb_jobs_free();
     sb_metrics_free();
     if (ev_hup)

@@ -1,36 +1,48 @@
 #include "metrics.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include <event2/buffer.h>
 
 #include "util.h"
 
-static sb_metrics_render_fn *renderers;
-static size_t nrenderers;
+struct renderers {
+    sb_metrics_render_fn *fns;
+    size_t n;
+};
 
-void sb_metrics_register(sb_metrics_render_fn fn)
+static struct renderers core_renderers, last_renderers;
+
+static void add_renderer(struct renderers *r, sb_metrics_render_fn fn)
 {
     size_t i;
-    for (i = 0; i < nrenderers; i++)
-        if (renderers[i] == fn)
+    for (i = 0; i < r->n; i++)
+        if (r->fns[i] == fn)
             return;
-    renderers = sb_xrealloc(renderers, (nrenderers + 1) * sizeof *renderers);
-    renderers[nrenderers++] = fn;
+    r->fns = sb_xrealloc(r->fns, (r->n + 1) * sizeof *r->fns);
+    r->fns[r->n++] = fn;
 }
+
+void sb_metrics_register(sb_metrics_render_fn fn) { add_renderer(&core_renderers, fn); }
+
+void sb_metrics_register_last(sb_metrics_render_fn fn) { add_renderer(&last_renderers, fn); }
 
 void sb_metrics_render(struct evbuffer *out)
 {
     size_t i;
-    for (i = 0; i < nrenderers; i++)
-        renderers[i](out);
+    for (i = 0; i < core_renderers.n; i++)
+        core_renderers.fns[i](out);
+    for (i = 0; i < last_renderers.n; i++)
+        last_renderers.fns[i](out);
 }
 
 void sb_metrics_free(void)
 {
-    free(renderers);
-    renderers = NULL;
-    nrenderers = 0;
+    free(core_renderers.fns);
+    free(last_renderers.fns);
+    memset(&core_renderers, 0, sizeof core_renderers);
+    memset(&last_renderers, 0, sizeof last_renderers);
 }
 
 void sb_metrics_family(struct evbuffer *out, const char *name, const char *type, const char *help)

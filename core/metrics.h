@@ -10,6 +10,9 @@ typedef void (*sb_metrics_render_fn)(struct evbuffer *out);
 
 /* Registers fn once (a second registration of the same fn is ignored). */
 void sb_metrics_register(sb_metrics_render_fn fn);
+/* The same for families that scripts name: rendered after every core
+ * family, so the order stays the same whenever core modules register. */
+void sb_metrics_register_last(sb_metrics_render_fn fn);
 void sb_metrics_render(struct evbuffer *out);
 void sb_metrics_free(void);
 

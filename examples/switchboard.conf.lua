@@ -87,6 +87,11 @@ return {
     stream_heartbeat = 15,       -- seconds between two comment lines on a quiet stream
   },
 
+  -- Counters of scripts (metrics.count), shown on /metrics.
+  metrics = {
+    max_series = 1000,           -- series in all; a new one beyond is not counted (a warning names it)
+  },
+
   -- A generic webhook channel answered by the demo bot. Its replies go to
   -- callback_url (nothing listens there out of the box: they wait in the
   -- outbox, retried, and end as dead letters you can list and retry).

@@ -39,7 +39,7 @@ def refused(daemon, file, line=None):
 
 
 @pytest.mark.parametrize("name", ["json", "log", "conversations", "route", "string", "hasOperatorsOnline",
-                                  "crypto", "events", "inbound"])
+                                  "crypto", "events", "metrics", "inbound"])
 def test_assigning_an_engine_global_fails_the_load_at_its_line(engine_daemon, name):
     engine_daemon.write_script("rules/bad.lua", f"local x = 1\n{name} = {{}}\n", raw=True)
     msg = refused(engine_daemon, "rules/bad.lua", 2)

@@ -5,7 +5,7 @@ A module is a .c file with its .h (some span several files: store_*,
 conv_*, outbox_*, bus_*, lpattern_*). Fails when
   - modules include each other in a circle (any cycle), or
   - a model module (the store, transactions, conversations, outbox, the
-    event bus, timers, state, schedules) includes a Lua header or the
+    event bus, timers, state, scripts' counters, schedules) includes a Lua header or the
     job/runtime/binding/serving layers.
 Prints one line per check and "N passed, N failed".
 """
@@ -14,7 +14,7 @@ import re
 import sys
 
 CORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "core")
-MODEL = {"store", "txn", "conv", "outbox", "bus", "timer", "kvstate", "schedule"}
+MODEL = {"store", "txn", "conv", "outbox", "bus", "timer", "kvstate", "counters", "schedule"}
 UPPER = re.compile(r"^(job|runtime|loader|bindings|bind_\w+|luajson|server|sse|prelude_lua)$")
 LUA_HEADERS = {"lua.h", "lauxlib.h", "lualib.h", "lua-cjson.h"}
 INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)

@@ -34,6 +34,7 @@ static void test_defaults(void)
     CHECK(cfg->events_concurrency == 16 && cfg->events_max_attempts == 5 && cfg->events_stream_max == 64);
     CHECK(cfg->events_retry_max == 60 && cfg->events_keep_cursors == 7 * 86400.0);
     CHECK(cfg->events_stream_buffer == 1048576 && cfg->events_stream_heartbeat == 15);
+    CHECK(cfg->metrics_max_series == 1000);
     sb_config_unref(cfg);
 }
 
@@ -64,6 +65,8 @@ static void test_errors(void)
     CHECK(strstr(err.message, "events.concurrency") != NULL);
     CHECK(load("return { events = { stream_buffer_bytes = 10 } }", NULL, &err) == NULL);
     CHECK(strstr(err.message, "events.stream_buffer_bytes") != NULL);
+    CHECK(load("return { metrics = { max_series = 0 } }", NULL, &err) == NULL);
+    CHECK(strstr(err.message, "metrics.max_series") != NULL);
     CHECK(load("return { events = 3 }", NULL, &err) == NULL);
     CHECK(strstr(err.message, "events must be a table") != NULL);
     CHECK(load("return {\n\n listen = }", NULL, &err) == NULL);

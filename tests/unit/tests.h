@@ -15,4 +15,5 @@ extern const struct test_case lpattern_tests[];
 extern const struct test_case crypto_tests[];
 extern const struct test_case outbox_response_tests[];
 extern const struct test_case bus_tests[];
+extern const struct test_case counters_tests[];
 #endif
