@@ -10,11 +10,12 @@ desk ``jivo_agents`` (type jivo).
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import pytest
 
-from conftest import assert_json_error, wait_until
+from conftest import REPO_ROOT, assert_json_error, run_cli, wait_until
 from convkit import Api, http_bot, install_lua_tree, write_conv_config
 from fake_jivo import FakeJivo
 from test_handoff import HandoffBot, switch
@@ -485,6 +486,22 @@ def test_the_token_is_never_in_a_stored_call(jivo_env):
     assert dead[0]["url"] == f"{env.jivo.url}/webhooks/{PROVIDER_ID}/${{channels.{CHANNEL}.bot_token}}", dead
     assert "not-the-token" not in str(dead)
     assert [p for _, probs in env.jivo.violations for p in probs] == ["token 'not-the-token', expected 't-1'"]
+
+
+def test_the_example_config_loads_and_warns_about_what_is_missing(tmp_path):
+    """examples/jivo.conf.lua passes --check; without its environment it says what is missing."""
+    shutil.copytree(REPO_ROOT / "examples", tmp_path / "examples")
+    for folder in ("scripts", "providers", "rules"):
+        if (REPO_ROOT / folder).is_dir():
+            shutil.copytree(REPO_ROOT / folder, tmp_path / folder)
+    env = {"JIVO_PROVIDER_ID": "p-1", "JIVO_BOT_TOKEN": "t-1", "JIVO_SECRET": "s-1"}
+    res = run_cli(["--check", "-c", "examples/jivo.conf.lua"], cwd=tmp_path, env=env)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res
+    assert "jivo channel" not in res.stderr, res.stderr
+    res = run_cli(["--check", "-c", "examples/jivo.conf.lua"], cwd=tmp_path)
+    assert res.returncode == 0, res
+    assert "jivo channel has no secret: every event from Jivo is refused" in res.stderr, res.stderr
+    assert "jivo channel needs provider_id and bot_token" in res.stderr, res.stderr
 
 
 def test_the_fake_refuses_what_breaks_the_contract():
