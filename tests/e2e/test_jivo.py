@@ -10,12 +10,13 @@ desk ``jivo_agents`` (type jivo).
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
 import pytest
 
-from conftest import REPO_ROOT, assert_json_error, run_cli, wait_until
+from conftest import REPO_ROOT, assert_json_error, http_request, run_cli, wait_until
 from convkit import Api, http_bot, install_lua_tree, write_conv_config
 from fake_jivo import FakeJivo
 from test_handoff import HandoffBot, switch
@@ -508,11 +509,9 @@ def test_the_fake_refuses_what_breaks_the_contract():
     jivo = FakeJivo()
     try:
         jivo.sent_pairs.add(("c-1", "2037"))
-        from conftest import http_request
 
         def post(body, path=f"/webhooks/{PROVIDER_ID}/{BOT_TOKEN}"):
-            import json as _json
-            return http_request("127.0.0.1", jivo.port, "POST", path, body=_json.dumps(body),
+            return http_request("127.0.0.1", jivo.port, "POST", path, body=json.dumps(body),
                                 headers={"Content-Type": "application/json"}).status
 
         ok = {"event": "BOT_MESSAGE", "id": "a", "client_id": "c-1", "chat_id": "2037",
