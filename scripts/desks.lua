@@ -2,7 +2,9 @@
 -- (providers/<type>.lua) registers with `desks.adapters[type] = adapter` and
 -- implements:
 --   adapter.destinations(name, inst)            -> { [group] = { name =, online = bool } } | nil, err   (may yield)
---   adapter.open(name, inst, conv, group, opts)  -- opts: first_message, history, attributes,
+--   adapter.open(name, inst, conv, group, opts)  -- opts: first_message, first_message_explicit
+--                                                --       (the switch set it, not the default),
+--                                                --       history, attributes,
 --                                                --       hidden_attributes, custom_data, theme
 --   adapter.send_client_message(name, inst, conv, message)
 --   adapter.close(name, inst, conv, text)        -- the engine or the client ended the chat

@@ -181,7 +181,10 @@ local function serve(ep, req)
   local body
   if ep.schema then
     body = req:json()
-    if S.is_null(body) then http_error(422, "invalid_field", "the body must be " .. ep.schema.what) end
+    if S.is_null(body) then
+      local status, code = S.error_for(ep.schema, "type")
+      http_error(status, code, "the body must be " .. ep.schema.what)
+    end
     body = S.check(ep.schema, body, "the body")
   end
   local ctx = { req = req, body = body, name = name, inst = inst }

@@ -160,6 +160,8 @@ function livechat.execute(conv, plan, bot_name)
   end
   local opts = {
     first_message = sw.first_message or last_client_text(conv),
+    -- a desk whose agents already see the chat (Jivo) sends only what the bot chose
+    first_message_explicit = sw.first_message ~= nil,
     history = sw.send_messages_to_operator and history(conv, sw.send_message_history_amount) or nil,
     attributes = sw.attributes, hidden_attributes = sw.hidden_attributes,
     custom_data = sw.custom_data, theme = sw.theme,

@@ -70,6 +70,14 @@ local function fail(ctx, path, what, kind)
   return nil, { path = path, what = what, kind = kind, status = e[1], code = e[2] }
 end
 
+-- The status and code a failure of `kind` at the root of `schema` answers
+-- with: for a caller that refuses a value before checking it (inbound's
+-- null body), with the answer the schema gives for the rest.
+function S.error_for(schema, kind)
+  local e = schema.opts.errors and schema.opts.errors[kind] or DEFAULT_ERROR
+  return e[1], e[2]
+end
+
 local function join(path, key)
   if path == "" then return key end
   return path .. "." .. key

@@ -132,6 +132,16 @@ test("errors: a status of its own for a kind of failure, inherited below", funct
   refuses(o, { text = "\xff" }, "text must be valid UTF-8", 400, "invalid_utf8")
 end)
 
+test("error_for: the root's answer to a kind of failure, else 422", function()
+  local o = S.object({ id = S.id{} }, { errors = { type = { 400, "invalid_field" } } })
+  local status, code = S.error_for(o, "type")
+  eq(status, 400, "the status the schema gives")
+  eq(code, "invalid_field", "its code")
+  status, code = S.error_for(o, "utf8")
+  eq(status, 422, "a kind the schema does not name")
+  eq(code, "invalid_field", "the default code")
+end)
+
 test("lenient: a value that fails is absent, not an error", function()
   local u = S.object({ id = S.id{}, name = S.string{}, list = S.array(S.integer{}) }, { lenient = true })
   local v = S.check(S.object{ u = u, n = S.integer{} }, { u = { id = 1.5, name = "a\0", list = { 1, "x", 3 } }, n = 2 })
