@@ -113,9 +113,9 @@ end
 -- A failed call: counted, logged, and raised so the job is tried again.
 local function fail(name, call, p, conversation)
   count_error(name, p.kind)
-  log.error(ADVICE[p.kind] or "chat2desk call failed", {
+  log.error("chat2desk call failed", {
     desk = name, call = call, status = p.status and tostring(p.status) or "none", error = p.text,
-    kind = p.kind, conversation = conversation,
+    kind = p.kind, advice = ADVICE[p.kind], conversation = conversation,
   })
   error(problem_line(call, p), 0)
 end
@@ -467,6 +467,8 @@ function HOOKS.outbox(name, inst, e)
 end
 
 local function closed(name, conversation, event_id)
+  -- a repeat of a close we applied is a duplicate, also once the chat is over
+  if desks.seen_event(name, conversation, event_id) then return 200, { ok = true, duplicate = true } end
   if not conversation or not desks.live_chat(name, conversation) then return ignored(NOT_OURS) end
   local r = desks.agent_closed(name, conversation, { event_id = event_id })
   return 200, { ok = true, duplicate = r.duplicate }

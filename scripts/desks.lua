@@ -186,6 +186,13 @@ local function applied_event(name, conversation_id, event_id)
   return key ~= nil and type(conversation_id) == "string" and state.get(key) == conversation_id
 end
 
+-- Whether desk `name` already applied the event `event_id` to this
+-- conversation: for adapters that answer events outside a live chat
+-- themselves (200 ignored rather than 404) and must still call a repeat a repeat.
+function desks.seen_event(name, conversation_id, event_id)
+  return applied_event(name, conversation_id, event_id)
+end
+
 local function remember_event(name, conv, event_id)
   local key = event_state_key(name, event_id)
   if key then state.set(key, conv.id, dedupe_window()) end
