@@ -40,7 +40,8 @@ function flow.client_message(channel, client_id, msg)
     if mid then return conv, { id = mid, duplicate = true } end
   end
   if not created then merge_profile(conv, msg.client) end
-  if conv.state == "closed" then conv:set_state("bot", "client message") end
+  local reopened = conv.state == "closed"
+  if reopened then conv:set_state("bot", "client message") end
   local profile = msg.client or {}
   local m = conv:append{
     author = { kind = "client", name = profile.name, id = client_id },
@@ -49,6 +50,9 @@ function flow.client_message(channel, client_id, msg)
     provider_ids = msg.provider_ids,
     dedupe_key = msg.dedupe_key,
   }
+  -- events a desk held back for the client's next message (livechat.finish
+  -- with defer_event) go first; only a closed conversation can have them
+  if reopened then livechat.flush_deferred_events(conv) end
   flow.route_client_message(conv, m)
   return conv, m
 end
@@ -57,7 +61,6 @@ end
 -- the desk while it is queued for or with an agent.
 function flow.route_client_message(conv, m)
   if conv.state == "bot" then
-    livechat.flush_deferred_events(conv)
     bots.deliver(conv, m)
   elseif desks and desks.client_message then
     desks.client_message(conv, m)
