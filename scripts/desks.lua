@@ -198,6 +198,17 @@ local function remember_event(name, conv, event_id)
   if key then state.set(key, conv.id, dedupe_window()) end
 end
 
+-- The conversation an event of desk `name` acts on, its id remembered
+-- as applied with the event's writes; nil for a repeat. Anything but a
+-- live chat with this desk ends the request with 404, before any write.
+local function take_event(name, conversation_id, event_id)
+  if applied_event(name, conversation_id, event_id) then return nil end
+  local conv = desks.live_chat(name, conversation_id)
+  if not conv then refuse() end
+  remember_event(name, conv, event_id)
+  return conv
+end
+
 -- An agent's message from desk `name`; the first one makes a queued chat the agent's.
 -- msg = { text =, attachments = { {url, name?, type?} }, employee = { id =, name = }, event_id = }
 -- Returns the stored message ({id, duplicate = true} for a repeated event id).
@@ -244,10 +255,8 @@ end
 -- Returns { duplicate = true } for a repeated event id, else {}.
 function desks.agent_closed(name, conversation_id, opts)
   opts = opts or {}
-  if applied_event(name, conversation_id, opts.event_id) then return { duplicate = true } end
-  local conv = desks.live_chat(name, conversation_id)
-  if not conv then refuse() end
-  remember_event(name, conv, opts.event_id)
+  local conv = take_event(name, conversation_id, opts.event_id)
+  if not conv then return { duplicate = true } end
   livechat.finish(conv, "agent", { defer_event = opts.defer_event })
   return {}
 end
@@ -258,10 +267,8 @@ end
 -- already with an agent gets the new agent. opts = { agent = { id =, name = }, event_id = }.
 function desks.agent_joined(name, conversation_id, opts)
   opts = opts or {}
-  if applied_event(name, conversation_id, opts.event_id) then return { duplicate = true } end
-  local conv = desks.live_chat(name, conversation_id)
-  if not conv then refuse() end
-  remember_event(name, conv, opts.event_id)
+  local conv = take_event(name, conversation_id, opts.event_id)
+  if not conv then return { duplicate = true } end
   local agent = opts.agent or {}
   if agent.name or agent.id then conv:set{ agent = agent.name or agent.id } end
   if conv.state == "queued" then
@@ -277,10 +284,8 @@ end
 -- livechat.unavailable. opts = { event_id = }. Returns { action = "waiting" | "returned" }.
 function desks.agent_unavailable(name, conversation_id, opts)
   opts = opts or {}
-  if applied_event(name, conversation_id, opts.event_id) then return { duplicate = true } end
-  local conv = desks.live_chat(name, conversation_id)
-  if not conv then refuse() end
-  remember_event(name, conv, opts.event_id)
+  local conv = take_event(name, conversation_id, opts.event_id)
+  if not conv then return { duplicate = true } end
   if conv.state ~= "queued" then return { action = "ignored" } end   -- an agent has it already
   return { action = livechat.unavailable(conv) }
 end
@@ -288,10 +293,8 @@ end
 -- Desk `name` moved the chat to another group. opts = { event_id = }.
 function desks.group_changed(name, conversation_id, group, opts)
   opts = opts or {}
-  if applied_event(name, conversation_id, opts.event_id) then return { duplicate = true } end
-  local conv = desks.live_chat(name, conversation_id)
-  if not conv then refuse() end
-  remember_event(name, conv, opts.event_id)
+  local conv = take_event(name, conversation_id, opts.event_id)
+  if not conv then return { duplicate = true } end
   conv:set{ group = group }
   local data = conv.data
   data.livechat.group = group

@@ -285,3 +285,61 @@ def fakes_fixture(request):
             for r in reqs[-15:]:
                 print(f"  {r!r} problems={r.problems}")
     factory.close()
+
+
+class ClientSide:
+    """Conversation helpers of a test whose clients write on the webhook
+    channel and whose bot echoes (``you said: <text>``): a mixin for test
+    environments with ``self.api`` (Api) and ``self.cb`` (the channel's
+    CallbackReceiver)."""
+
+    # ---- client side -----------------------------------------------------
+
+    def send(self, client_id, text, client=None, attachments=None, message_id=None) -> str:
+        body = {"client_id": client_id, "text": text}
+        if client is not None:
+            body["client"] = client
+        if attachments is not None:
+            body["attachments"] = attachments
+        if message_id is not None:
+            body["message_id"] = message_id
+        resp = self.api.post_message(body)
+        assert resp.status == 202, f"client message not accepted: {resp!r}"
+        return resp.json()["conversation_id"]
+
+    def callbacks(self, conv_id) -> list[dict]:
+        return [r.json["message"] for r in self.cb.accepted() if r.json["conversation_id"] == conv_id]
+
+    def wait_callback(self, conv_id, pred, what="a callback message", timeout=15.0) -> dict:
+        return wait_until(lambda: next((m for m in self.callbacks(conv_id) if pred(m)), None), timeout=timeout,
+                          message=f"{what} for {conv_id} (got so far: {self.callbacks(conv_id)!r}; "
+                                  f"violations: {self.cb.violations!r})")
+
+    def wait_callback_text(self, conv_id, text, timeout=15.0) -> dict:
+        return self.wait_callback(conv_id, lambda m: m.get("text") == text, f"callback text {text!r}", timeout)
+
+    def chat(self, client_id, text, client=None) -> str:
+        """A client message answered by the (echoing) bot; waits for the reply."""
+        conv_id = self.send(client_id, text, client=client)
+        self.wait_callback_text(conv_id, f"you said: {text}")
+        return conv_id
+
+    # ---- read API --------------------------------------------------------
+
+    def conv(self, conv_id) -> dict:
+        return self.api.conversation(conv_id)
+
+    def wait_state(self, conv_id, state, timeout=15.0) -> dict:
+        return wait_until(lambda: (lambda c: c if c["state"] == state else None)(self.conv(conv_id)),
+                          timeout=timeout,
+                          message=f"conversation {conv_id} in state {state!r} (now {self.conv(conv_id)['state']!r})")
+
+    def events(self, conv_id) -> list[dict]:
+        return self.api.events_all(conv_id)
+
+    def switch_events(self, conv_id) -> list[dict]:
+        return [e["data"] for e in self.events(conv_id) if e["type"] == "switch"]
+
+    def wait_switch_events(self, conv_id, n=1, timeout=15.0) -> list[dict]:
+        return wait_until(lambda: (lambda s: s if len(s) >= n else None)(self.switch_events(conv_id)),
+                          timeout=timeout, message=f"{n} switch event(s) in {conv_id}'s journal")
