@@ -277,14 +277,21 @@ def fakes_fixture(request):
     """``fakes.callback()``, ``fakes.bot()``, ``fakes.telegram()``; all closed at teardown."""
     factory = FakeFactory()
     yield factory
+    close_fakes(request, factory.made, last=15)
+
+
+def close_fakes(request, made, last=25):
+    """A fixture's teardown: when the test failed, each fake's last requests
+    (with the problems it found) are printed; then every fake is closed."""
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
-        for f in factory.made:
+        for f in made:
             reqs = f.snapshot()
             print(f"---- {f.name} at {f.url}: {len(reqs)} request(s), last ones ----")
-            for r in reqs[-15:]:
+            for r in reqs[-last:]:
                 print(f"  {r!r} problems={r.problems}")
-    factory.close()
+    for f in made:
+        f.close()
 
 
 class ClientSide:

@@ -21,7 +21,8 @@ import time
 import pytest
 
 from conftest import assert_json_error, wait_until
-from convkit import Api, ClientSide, http_bot, install_lua_tree, webhook_channel, write_conv_config
+from convkit import (Api, ClientSide, close_fakes,
+                     http_bot, install_lua_tree, webhook_channel, write_conv_config)
 from fake_chat2desk import TOKEN_ERROR, FakeChat2Desk, md5_hex
 from fakes import CallbackReceiver
 from test_events import RECORDER, wait_seen
@@ -148,15 +149,7 @@ def c2d_env(daemon, request):
         return env
 
     yield make
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        for f in made:
-            reqs = f.snapshot()
-            print(f"---- {f.name} at {f.url}: {len(reqs)} request(s), last ones ----")
-            for r in reqs[-30:]:
-                print(f"  {r!r} problems={r.problems}")
-    for f in made:
-        f.close()
+    close_fakes(request, made, last=30)
 
 
 def assert_clean(env):

@@ -15,7 +15,7 @@ import pytest
 
 import conftest
 from conftest import assert_json_error, free_port, run_cli, run_in_thread, wait_until
-from convkit import Api, http_bot, install_lua_tree, webhook_channel, write_conv_config
+from convkit import Api, close_fakes, http_bot, install_lua_tree, webhook_channel, write_conv_config
 from fake_operator_api import DEFAULT_EMPLOYEE, FakeOperatorApi
 from fakes import CallbackReceiver
 from test_handoff import (  # noqa: F401 - handoff is a fixture
@@ -77,12 +77,7 @@ def two_desks(daemon, monkeypatch, request):
         return env
 
     yield make
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        for f in made:
-            print(f"---- {f.name} at {f.url}: {[r for r in f.snapshot()[-20:]]!r}")
-    for f in made:
-        f.close()
+    close_fakes(request, made, last=20)
 
 
 # --------------------------------------------------------------------------

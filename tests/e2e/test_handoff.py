@@ -19,7 +19,8 @@ import pytest
 
 import conftest
 from conftest import assert_json_error, free_port, http_request, wait_until
-from convkit import Api, ClientSide, http_bot, install_lua_tree, lua_bot, webhook_channel, write_conv_config
+from convkit import (Api, ClientSide, close_fakes, http_bot,
+                     install_lua_tree, lua_bot, webhook_channel, write_conv_config)
 from fake_operator_api import DEFAULT_EMPLOYEE, FakeOperatorApi
 from fakes import CallbackReceiver, FakeBot, post_json_problems
 
@@ -219,15 +220,7 @@ def handoff(daemon, monkeypatch, request):
         return env
 
     yield make
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        for f in made:
-            reqs = f.snapshot()
-            print(f"---- {f.name} at {f.url}: {len(reqs)} request(s), last ones ----")
-            for r in reqs[-25:]:
-                print(f"  {r!r} problems={r.problems}")
-    for f in made:
-        f.close()
+    close_fakes(request, made, last=25)
 
 
 def assert_clean(env):

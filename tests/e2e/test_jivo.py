@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import REPO_ROOT, assert_json_error, http_request, run_cli, wait_until
-from convkit import Api, http_bot, install_lua_tree, write_conv_config
+from convkit import Api, close_fakes, http_bot, install_lua_tree, write_conv_config
 from fake_jivo import FakeJivo
 from test_handoff import HandoffBot, switch
 
@@ -114,14 +114,7 @@ def jivo_env(daemon, request):
         return Env(daemon, jivo, bot)
 
     yield make
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        for f in made:
-            print(f"---- {f.name} at {f.url}: last requests ----")
-            for r in f.snapshot()[-25:]:
-                print(f"  {r!r} problems={r.problems}")
-    for f in made:
-        f.close()
+    close_fakes(request, made, last=25)
 
 
 def assert_clean(env):
