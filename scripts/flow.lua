@@ -26,6 +26,8 @@ local function merge_profile(conv, incoming)
   end
   if changed then conv:set{ client = profile } end
 end
+-- for adapters whose events update the profile without a client message
+flow.merge_profile = merge_profile
 
 -- An inbound client message from a channel adapter.
 -- msg = { text =, attachments =, client = profile, dedupe_key =, provider_ids = }
