@@ -13,6 +13,7 @@
 -- the instance config, with the best-evidence default.
 local channels = require("channels")
 local flow = require("flow")
+local helpdesk = require("helpdesk")
 local inbound = require("inbound")
 local S = require("schema")
 local chatra = { kind = "live_chat" }
@@ -36,10 +37,6 @@ local function setting(inst, key)
   if v == nil then return DEFAULTS[key] end
   return v
 end
-
--- The desk module is the lead's (scripts/helpdesk.lua); looked up when used,
--- so that this file loads on a tree without the built-in desk.
-local function helpdesk() return require("helpdesk") end
 
 -- ---------------------------------------------------------------- reading Chatra's events
 
@@ -140,29 +137,50 @@ local function message_key(inst, m, kind, text, counts)
   local at = first_of(setting(inst, "message_time_field"), m, Id)
   if at then return "chatra:t:" .. crypto.sha256(kind .. "\0" .. text .. "\0" .. at) end
   local h = crypto.sha256(kind .. "\0" .. text)
-  counts.list[h] = (counts.list[h] or 0) + 1
-  counts.used = true
-  return "chatra:p:" .. counts.chat .. ":" .. h .. ":" .. counts.list[h]
+  local n = math.tointeger(counts.list[h] or 0) + 1
+  counts.list[h], counts.used = n, true
+  return string.format("chatra:p:%d:%s:%d", counts.chat, h, n)
 end
 
 -- Occurrence counts of the messages without id and time: fragments add to
 -- the chat's counts; a transcript (the whole chat) counts from nothing and
--- ends the chat; chatStarted begins a new one.
-local function counts_for(conv, event)
-  local t = (conv.data.chatra or {}).position or { chat = 1, list = {} }
-  if event == "chatTranscript" then return { chat = t.chat, list = {}, stored = t } end
-  if event == "chatStarted" and next(t.list) then t = { chat = t.chat + 1, list = {} } end
-  return { chat = t.chat, list = t.list, stored = t, fresh = event == "chatStarted" }
+-- ends the chat; chatStarted begins a new one. A transcript sent again
+-- (Chatra retrying it) is known by its fingerprint and counted as the chat
+-- it ended.
+local function fingerprint(inst, e)
+  local parts = {}
+  for _, m in ipairs(e.messages or {}) do
+    parts[#parts + 1] = tostring(S.validate(Name, m.type)) .. "\0"
+                        .. tostring(first_of(setting(inst, "message_text_field"), m, Text))
+  end
+  return crypto.sha256(table.concat(parts, "\1"))
+end
+
+local function counts_for(inst, conv, e)
+  local t = (conv.data.chatra or {}).position or {}
+  -- stored counts come back as JSON numbers: whole numbers again, so keys are written alike
+  local chat, last = math.tointeger(t.chat) or 1, t.last
+  local stored = { chat = chat, list = t.list or {}, last = last }
+  if e.eventName == "chatTranscript" then
+    local fp = fingerprint(inst, e)
+    local again = last ~= nil and last.fp == fp
+    return { chat = again and math.tointeger(last.chat) or chat, list = {}, stored = stored, fp = fp, again = again }
+  end
+  if e.eventName == "chatStarted" and next(stored.list) ~= nil then
+    return { chat = chat + 1, list = {}, stored = stored, fresh = true }
+  end
+  return { chat = chat, list = stored.list, stored = stored }
 end
 
 local function save_counts(conv, event, counts)
   local data = conv.data
   data.chatra = data.chatra or {}
   local before = json.encode(data.chatra.position or json.null)
-  if event == "chatTranscript" then
-    if counts.used or next(counts.stored.list) then data.chatra.position = { chat = counts.chat + 1, list = {} } end
-  else
-    data.chatra.position = { chat = counts.chat, list = counts.list }
+  local last = counts.stored.last
+  if event ~= "chatTranscript" then
+    data.chatra.position = { chat = counts.chat, list = counts.list, last = last }
+  elseif not counts.again and (counts.used or next(counts.stored.list)) then
+    data.chatra.position = { chat = counts.chat + 1, list = {}, last = { fp = counts.fp, chat = counts.chat } }
   end
   if json.encode(data.chatra.position or json.null) ~= before then conv:set{ data = data } end
 end
@@ -235,7 +253,7 @@ local function add_message(ctx, conv, profile, m, counts, tally)
     return
   end
   local name, agent_id = agent_of(e, m)
-  local msg = helpdesk().external_agent_message(conv, { name = name, text = text, dedupe_key = key,
+  local msg = helpdesk.external_agent_message(conv, { name = name, text = text, dedupe_key = key,
                                                          platform_agent = agent_id })
   if msg and msg.duplicate then tally.duplicates = tally.duplicates + 1 else tally.added = tally.added + 1 end
 end
@@ -255,7 +273,7 @@ inbound.endpoint{
     local profile = profile_of(ctx.inst, e)
     local conv, created = conversations.find_or_create(ctx.name, client_id, profile)
     if not created then flow.merge_profile(conv, profile) end
-    local counts = counts_for(conv, e.eventName)
+    local counts = counts_for(ctx.inst, conv, e)
     local tally = { added = 0, duplicates = 0, ignored = 0 }
     for _, m in ipairs(e.messages or {}) do add_message(ctx, conv, profile, m, counts, tally) end
     if counts.used or counts.fresh or e.eventName == "chatTranscript" then save_counts(conv, e.eventName, counts) end
@@ -312,7 +330,7 @@ local function signed_as(name, inst, conv, m)
   local mapped = type(inst.agents) == "table" and inst.agents[m.author.id]
   if mapped ~= nil then return { agentId = tostring(mapped) } end
   local desk = conv.desk or inst.desk
-  local agent = desk and m.author.id and helpdesk().agent(desk, m.author.id)
+  local agent = desk and m.author.id and helpdesk.agent(desk, m.author.id)
   if not (agent and type(agent.email) == "string" and agent.email ~= "") then
     return nil, "the desk agent has no email and no Chatra agent id in the channel's agents"
   end

@@ -22,7 +22,7 @@ Acting as Chatra: ``start_chat`` (chatStarted), ``client_says`` and
 ``agent_types`` (messages written in the widget and in Chatra's own
 interface, held until posted), ``fragment`` (chatFragment: what was not
 posted yet), ``transcript`` (chatTranscript: the whole chat, which then
-ends) POST to ``engine_url`` and return the ``Response``. Messages carry an
+ends) and ``repost_last`` (the last event again, as a retry) POST to ``engine_url`` and return the ``Response``. Messages carry an
 ``id`` and a ``timestamp`` (ms) unless the fake is made with
 ``message_ids=False`` / ``timestamps=False``; the client object carries
 ``groupId`` when the chat has a group.
@@ -57,6 +57,7 @@ class Chat:
         self.messages: list[dict] = []
         self.posted = 0  # how many of messages a webhook carried already
         self.agents: dict[str, dict] = {}  # agents who wrote in this chat
+        self.last_event: dict | None = None  # the last event the engine took
 
 
 class FakeChatra(JsonFake):
@@ -89,14 +90,17 @@ class FakeChatra(JsonFake):
 
     # ---- answering -------------------------------------------------------
 
-    def _error(self, req, status, message):
-        req.problems.append(message)
-        return status, {"error": message}, {}
+    def _error(self, req, status, problem, answer=None):
+        """4xx: ``problem`` goes to violations, ``answer`` (default the problem) to the engine."""
+        req.problems.append(problem)
+        return status, {"error": answer or problem}, {}
 
     def _dispatch(self, req):
         want = f"Chatra.Simple {self.public_key}:{self.secret_key}"
         if req.header("Authorization") != want:
-            return self._error(req, 401, f"Authorization is {req.header('Authorization')!r}, expected {want!r}")
+            # the answer does not repeat the header: it would put the key in a dead letter's reason
+            return self._error(req, 401, f"Authorization is {req.header('Authorization')!r}, expected {want!r}",
+                               "wrong or missing API keys")
         if req.method != "POST":
             return self._error(req, 405, f"method {req.method}, expected POST")
         if req.path not in ("/messages/", "/pushedMessages/"):
@@ -226,12 +230,20 @@ class FakeChatra(JsonFake):
             return {"eventName": event_name, "client": json.loads(json.dumps(chat.client)),
                     "agents": list(chat.agents.values()), "messages": [dict(m) for m in messages]}
 
+    def repost_last(self, client_id) -> Response:
+        """The last event posted for this client, again (Chatra retrying it)."""
+        with self.lock:
+            body = self.chats[client_id].last_event
+        assert body is not None, f"no event was posted for {client_id}"
+        return self.post_event(body)
+
     def _post(self, event_name, client_id) -> Response:
         body = self.event(client_id, event_name)
         resp = self.post_event(body)
         if resp.status == 200:
             with self.lock:
                 chat = self.chats[client_id]
+                chat.last_event = body
                 chat.posted = len(chat.messages)
                 if event_name == "chatTranscript":
                     chat.messages, chat.posted, chat.agents = [], 0, {}
