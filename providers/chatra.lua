@@ -51,7 +51,9 @@ local Event = S.object{
 }
 local ClientId = S.id{ required = true, max = 256 }
 local Id = S.id{ max = 256 }
-local Text = S.text{}
+-- A text of any length Chatra takes; one longer than the engine's
+-- conversations.max_text_bytes is kept in several messages (pieces).
+local Text = S.string{ max = 65536 }
 local Name = S.string{ max = 256, empty_is_nil = true }
 local Scalar = S.one_of{ S.string{ max = 1024 }, S.number{}, S.boolean{} }
 local CustomKey = S.string{ max = 64, nonempty = true }
@@ -232,30 +234,47 @@ local function agent_of(e, m)
   return name or "Chatra agent", id
 end
 
+-- text in pieces of at most max bytes, cut between characters.
+local function pieces(text, max)
+  local out = {}
+  while #text > max do
+    local head = channels.utf8_prefix(text, max)
+    out[#out + 1], text = head, text:sub(#head + 1)
+  end
+  out[#out + 1] = text
+  return out
+end
+
 local function add_message(ctx, conv, profile, m, counts, tally)
   local inst, e = ctx.inst, ctx.body
   local kind = S.validate(Name, m.type)
   local text = first_of(setting(inst, "message_text_field"), m, Text)
   if (kind ~= "client" and kind ~= "agent") or not text or text == "" then
+    -- a file, a system line, a text we cannot store (NUL, invalid UTF-8)
+    log.info("chatra message ignored", { channel = ctx.name, type = tostring(kind), has_text = text ~= nil })
     tally.ignored = tally.ignored + 1
     return
   end
   local key, id = message_key(inst, m, kind, text, counts)
+  local parts = pieces(text, S.max_text())
+  local added
   if kind == "client" then
-    local _, msg = flow.client_message(ctx.name, conv.client_id, {
-      text = text, client = profile, dedupe_key = key, provider_ids = id and { chatra = id } or nil,
-    })
-    if msg.duplicate then tally.duplicates = tally.duplicates + 1 else tally.added = tally.added + 1 end
-    return
+    for i, part in ipairs(parts) do
+      local _, msg = flow.client_message(ctx.name, conv.client_id, {
+        text = part, client = profile, dedupe_key = i == 1 and key or key .. "#" .. i,
+        provider_ids = id and { chatra = id } or nil,
+      })
+      added = added or not msg.duplicate
+    end
+  elseif not (conv:seen(key) or own_echo(inst, conv, m, text, key)) then
+    local name, agent_id = agent_of(e, m)
+    for i, part in ipairs(parts) do
+      local msg = helpdesk.external_agent_message(conv, { name = name, text = part, platform_agent = agent_id,
+                                                          dedupe_key = i == 1 and key or key .. "#" .. i })
+      added = added or not msg.duplicate
+    end
   end
-  if conv:seen(key) or own_echo(inst, conv, m, text, key) then
-    tally.duplicates = tally.duplicates + 1
-    return
-  end
-  local name, agent_id = agent_of(e, m)
-  local msg = helpdesk.external_agent_message(conv, { name = name, text = text, dedupe_key = key,
-                                                         platform_agent = agent_id })
-  if msg and msg.duplicate then tally.duplicates = tally.duplicates + 1 else tally.added = tally.added + 1 end
+  if added then tally.added = tally.added + 1 else tally.duplicates = tally.duplicates + 1 end
 end
 
 inbound.endpoint{

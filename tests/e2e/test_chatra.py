@@ -251,6 +251,17 @@ def test_transcripts_do_not_duplicate(chatra_env, ids, timestamps):
     env.chatra.assert_no_violations()
 
 
+def test_a_client_message_longer_than_the_engine_keeps_is_kept_whole_in_pieces(chatra_env):
+    env = chatra_env()
+    text = "é" * 20000                                   # 40000 bytes; the test's max_text_bytes is 32768
+    conv_id = env.start("client-1", text)
+    got = [t for _, t in env.messages(conv_id)]
+    assert [len(t.encode()) for t in got] == [32768, 7232] and "".join(got) == text
+    resp = env.chatra.transcript("client-1")
+    assert resp.json()["added"] == 0 and resp.json()["duplicates"] == 1, resp
+    assert len(env.messages(conv_id)) == 2
+
+
 def test_client_fields_appear_under_their_keys(chatra_env):
     env = chatra_env(client_fields={"info": {"tienda": "store"}, "phone": "phone"})
     conv_id = env.start("client-1", name="Peter", email="peter@example.com", phone="+34 600 000 000",
