@@ -12,11 +12,12 @@ the default group) and ``billing`` (cid, who has no Chatra agent id).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import pytest
 
-from conftest import assert_json_error, wait_until
+from conftest import REPO_ROOT, assert_json_error, run_cli, wait_until
 from convkit import Api, close_fakes, install_lua_tree, q, write_conv_config
 from fake_chatra import Chat, FakeChatra
 
@@ -294,6 +295,23 @@ def test_a_bad_event_is_422_naming_the_field_and_writes_nothing(chatra_env):
     err = assert_json_error(env.chatra.post_event({"client": {"id": "c"}}), 422, "invalid_field")
     assert err["message"] == "eventName is required", err
     assert env.api.conversations_all() == []
+
+
+def test_the_example_config_loads_and_warns_about_what_is_missing(tmp_path):
+    """examples/chatra.conf.lua passes --check; without its environment it says what is missing."""
+    shutil.copytree(REPO_ROOT / "examples", tmp_path / "examples")
+    for folder in ("scripts", "providers", "rules"):
+        if (REPO_ROOT / folder).is_dir():
+            shutil.copytree(REPO_ROOT / folder, tmp_path / folder)
+    env = {"CHATRA_PUBLIC_KEY": "p-1", "CHATRA_SECRET_KEY": "s-1", "CHATRA_WEBHOOK_SECRET": "w-1",
+           "DESK_TOKEN_ANN": "t-ann", "DESK_TOKEN_BOB": "t-bob"}
+    res = run_cli(["--check", "-c", "examples/chatra.conf.lua"], cwd=tmp_path, env=env)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res
+    assert "chatra channel" not in res.stderr, res.stderr
+    res = run_cli(["--check", "-c", "examples/chatra.conf.lua"], cwd=tmp_path)
+    assert res.returncode == 0, res
+    assert "chatra channel has no webhook_secret: every event from Chatra is refused" in res.stderr, res.stderr
+    assert "chatra channel needs public_key and secret_key" in res.stderr, res.stderr
 
 
 def test_the_fake_refuses_what_breaks_the_contract():

@@ -192,7 +192,9 @@ EXAMPLE_ENV = {  # what the examples read with env(): set, as a user would
     "SWITCHBOARD_API_TOKEN": "api-token", "SWITCHBOARD_ADMIN_TOKEN": "admin-token",
     "SWITCHBOARD_WEB_SECRET": "web-secret", "CHAT2DESK_TOKEN": "c2d-token", "C2D_CHANNEL_ID": "17",
     "C2D_WEBHOOK_SECRET": "c2d-hook", "C2D_DEFAULT_GROUP": "Support", "JIVO_PROVIDER_ID": "jivo-provider",
-    "JIVO_BOT_TOKEN": "jivo-token", "JIVO_SECRET": "jivo-secret",
+    "JIVO_BOT_TOKEN": "jivo-token", "JIVO_SECRET": "jivo-secret", "CHATRA_PUBLIC_KEY": "chatra-public",
+    "CHATRA_SECRET_KEY": "chatra-secret", "CHATRA_WEBHOOK_SECRET": "chatra-hook", "DESK_TOKEN_ANN": "ann-token",
+    "DESK_TOKEN_BOB": "bob-token",
 }
 
 
