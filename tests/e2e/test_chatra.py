@@ -207,6 +207,31 @@ def test_the_secret_key_is_never_in_a_stored_call(chatra_env):
     assert [s["text"] for s in fake.wait_sent("client-1")] == ["hello"]
 
 
+def test_bot_and_system_messages_are_skipped_unless_pushed(chatra_env):
+    """POST /messages/ needs an agent: by default a bot's message is not
+    sent (the journal says so); with system_messages = "push" it goes with
+    POST /pushedMessages/."""
+    env = chatra_env()
+    conv_id = env.start("client-1")
+    assert env.api.replies(conv_id, [{"type": "text", "text": "Our hours are 9-18."}]).status == 202
+    skipped = wait_until(lambda: [e for e in env.api.events_all(conv_id) if e["type"] == "send_skipped"],
+                         message="send_skipped in the journal")
+    assert len(skipped) == 1
+    settle()
+    assert env.chatra.sent == [] and env.chatra.pushed == []
+    env.chatra.assert_no_violations()
+
+
+def test_pushed_system_messages(chatra_env):
+    env = chatra_env(system_messages="push", push_group_id="g-billing")
+    conv_id = env.start("client-1")
+    assert env.api.replies(conv_id, [{"type": "text", "text": "Our hours are 9-18."}]).status == 202
+    wait_until(lambda: env.chatra.pushed, message="POST /pushedMessages/ at Chatra")
+    assert env.chatra.pushed == [{"clientId": "client-1", "text": "Our hours are 9-18.", "groupId": "g-billing"}]
+    assert env.chatra.sent == []
+    env.chatra.assert_no_violations()
+
+
 # --------------------------------------------------------------------------
 # what Chatra's webhooks bring in
 # --------------------------------------------------------------------------
