@@ -242,7 +242,9 @@ function livechat.finish(conv, reason, opts)
   data.last_livechat = { desk = lc.desk, group = lc.group, ended = now(), reason = reason }
   -- a desk whose ended chats are cases keeps the agent on the case
   local adapter = desks.resolve(lc.desk)
-  conv:set{ data = data, agent = not (adapter and adapter.keeps_agent) and false or nil }
+  local fields = { data = data }
+  if not (adapter and adapter.keeps_agent) then fields.agent = false end
+  conv:set(fields)
   conv:set_state("closed", reason)
   conv:journal("livechat_finished", { reason = reason, desk = lc.desk, group = lc.group })
   if lc.last_message and lc.last_message ~= "" then

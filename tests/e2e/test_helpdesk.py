@@ -158,6 +158,8 @@ def test_agents_sign_in_with_their_own_token_and_set_their_status(desk_env):
     r = env.agent("ann", "PUT", "/v1/agents/me/status", {"status": "napping"})
     assert r.status == 422 and "status" in r.json()["error"]["message"], r
     assert env.me("ann")["status"] == "chats_only"
+    env.d.restart()
+    assert env.me("ann")["status"] == "chats_only", "a status is durable"
 
     # availability of the desk's groups follows the agents' statuses
     def online(group):
