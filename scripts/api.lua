@@ -144,17 +144,30 @@ function api.conversation(req)
   return 200, text, json_headers
 end
 
+-- A name to filter by (a channel, desk, group, agent or status): what the
+-- store can hold, so a value no conversation can have is an error, not an
+-- empty page.
+local function param_name(q, key)
+  local x = q[key]
+  if x ~= nil and (x == "" or utf8.len(x) == nil or x:find("\0", 1, true) or #x > 512) then
+    http_error(400, "invalid_parameter", key .. " must be a non-empty UTF-8 name of at most 512 bytes")
+  end
+  return x
+end
+
 function api.conversations(req)
   auth(req, "read")
   local q = req.query
   if q.state and not ({ bot = 1, queued = 1, agent = 1, closed = 1 })[q.state] then
     http_error(400, "invalid_parameter", "state must be bot, queued, agent or closed")
   end
-  if q.channel ~= nil and (utf8.len(q.channel) == nil or q.channel:find("\0", 1, true) or #q.channel > 512) then
-    http_error(400, "invalid_parameter", "channel is not a channel name")
+  if q.order ~= nil and q.order ~= "asc" and q.order ~= "desc" then
+    http_error(400, "invalid_parameter", "order must be asc or desc")
   end
   return 200, read("conversations", {
-    state = q.state, channel = q.channel, limit = param_limit(q), cursor = param_cursor(q),
+    state = q.state, channel = param_name(q, "channel"), desk = param_name(q, "desk"),
+    group = param_name(q, "group"), agent = param_name(q, "agent"), status = param_name(q, "status"),
+    order = q.order, limit = param_limit(q), cursor = param_cursor(q),
   }), json_headers
 end
 

@@ -9,6 +9,7 @@
 #include "fixtures.h"
 #include "loop.h"
 #include "store.h"
+#include "store_int.h"
 #include "tests.h"
 
 static int committed_ok = -1;
@@ -91,7 +92,8 @@ static void test_group_commit_and_read(void)
     CHECK(store_stats()->batches >= 1);
 
     memset(&q, 0, sizeof q);
-    q.channel = "web";
+    q.channel[0] = "web";
+    q.nchannel = 1;
     q.limit = 1;
     read_result = NULL;
     store_read_page(STORE_PAGE_CONVERSATIONS, &q, on_read, NULL);
@@ -99,6 +101,7 @@ static void test_group_commit_and_read(void)
     CHECK(read_result && strstr(read_result, "\"client_id\":\"c2\"") != NULL);   /* newest first */
     CHECK(read_result && strstr(read_result, "\"next_cursor\":\"2\"") != NULL);  /* a full page */
     free(read_result);
+    read_result = NULL;
     store_close();
 
     /* reopening runs no migration twice and sees the rows */
@@ -386,6 +389,328 @@ static void test_journal_ids_and_bus_reads(void)
     store_close();
 }
 
+/* A desk's conversations, in the order they were stored (rowid 1 to 8). */
+static const struct {
+    const char *id, *channel, *state, *desk, *group, *agent, *status;
+} desk_rows[] = {
+    { "q1", "web", "queued", "d1", "g1", NULL, "open" },
+    { "q2", "web", "queued", "d1", "g2", NULL, "open" },
+    { "a1", "web", "agent", "d1", "g1", "ann", "open" },
+    { "a2", "tg", "agent", "d1", "g1", "bob", "pending" },
+    { "a3", "tg", "agent", "d1", "g2", "ann", "open" },
+    { "c1", "web", "closed", "d1", "g1", "ann", "solved" },
+    { "o1", "web", "queued", "d2", "g1", NULL, "open" },
+    { "b1", "web", "bot", NULL, NULL, NULL, "open" },
+};
+
+static void put_desk_rows(void)
+{
+    size_t i;
+    for (i = 0; i < sizeof desk_rows / sizeof *desk_rows; i++) {
+        struct store_conversation c;
+        memset(&c, 0, sizeof c);
+        c.id = desk_rows[i].id;
+        c.client_id = desk_rows[i].id;
+        c.channel = desk_rows[i].channel;
+        c.state = desk_rows[i].state;
+        c.desk = desk_rows[i].desk;
+        c.group = desk_rows[i].group;
+        c.agent = desk_rows[i].agent;
+        c.status = desk_rows[i].status;
+        c.tags = "[]";
+        c.profile = c.data = "{}";
+        c.created = c.updated = 1.0 + (double)i;
+        store_submit(store_put_conversation(&c));
+    }
+    wait_commit(store_pending_seq());
+}
+
+/* Reads a page; returns the answer (or the error), which the next read frees. */
+static const char *read_page(enum store_page page, const struct store_page_query *q)
+{
+    free(read_result);
+    read_result = NULL;
+    store_read_page(page, q, on_read, NULL);
+    run_until(NULL, &read_result);
+    return read_result ? read_result : "(no answer)";
+}
+
+/* "ids=a,b next=N" of a conversations page, for comparing whole pages. */
+static const char *page_summary(const char *json)
+{
+    static char out[256];
+    const char *p = json, *cur;
+    size_t n = 0;
+    n += (size_t)snprintf(out, sizeof out, "ids=");
+    while ((p = strstr(p, "{\"id\":\"")) && n < sizeof out - 8) {
+        const char *end;
+        p += 7;
+        end = strchr(p, '"');
+        n += (size_t)snprintf(out + n, sizeof out - n, "%s%.*s", out[n - 1] == '=' ? "" : ",", (int)(end - p), p);
+        p = end;
+    }
+    cur = strstr(json, "\"next_cursor\":");
+    snprintf(out + n, sizeof out - n, " next=%.*s", cur ? (int)strcspn(cur + 14, "}") : 4, cur ? cur + 14 : "none");
+    return out;
+}
+
+static const char *list(const struct store_page_query *q)
+{
+    return page_summary(read_page(STORE_PAGE_CONVERSATIONS, q));
+}
+
+static void query_init(struct store_page_query *q)
+{
+    memset(q, 0, sizeof q[0]);
+    q->limit = 50;
+}
+
+static void test_conversation_filters(void)
+{
+    struct sb_error err;
+    struct store_page_query q;
+    CHECK(store_open(fixture_dir(), STORE_SYNC_OFF, &err) == 0);
+    CHECK(store_start() == 0);
+    put_desk_rows();
+
+    query_init(&q);
+    q.desk = "d1";
+    CHECK_STR(list(&q), "ids=c1,a3,a2,a1,q2,q1 next=null");   /* newest first by default */
+    q.oldest_first = 1;
+    CHECK_STR(list(&q), "ids=q1,q2,a1,a2,a3,c1 next=null");
+    /* a group's queue, oldest first */
+    q.state[0] = "queued";
+    q.nstate = 1;
+    q.group = "g1";
+    CHECK_STR(list(&q), "ids=q1 next=null");
+    q.group = "g2";
+    CHECK_STR(list(&q), "ids=q2 next=null");
+
+    /* no agent: agent IS NULL, with and without a desk */
+    query_init(&q);
+    q.no_agent = 1;
+    CHECK_STR(list(&q), "ids=b1,o1,q2,q1 next=null");
+    q.desk = "d1";
+    CHECK_STR(list(&q), "ids=q2,q1 next=null");
+    /* one agent's chats, open ones only */
+    query_init(&q);
+    q.desk = "d1";
+    q.agent = "ann";
+    CHECK_STR(list(&q), "ids=c1,a3,a1 next=null");
+    q.state[0] = "queued";
+    q.state[1] = "agent";
+    q.nstate = 2;
+    CHECK_STR(list(&q), "ids=a3,a1 next=null");
+
+    /* lists of statuses and channels are INs, ANDed with the rest */
+    query_init(&q);
+    q.desk = "d1";
+    q.status[0] = "pending";
+    q.status[1] = "solved";
+    q.nstatus = 2;
+    CHECK_STR(list(&q), "ids=c1,a2 next=null");
+    q.nstatus = 0;
+    q.channel[0] = "tg";
+    q.nchannel = 1;
+    CHECK_STR(list(&q), "ids=a3,a2 next=null");
+    q.channel[1] = "web";
+    q.nchannel = 2;
+    q.state[0] = "agent";
+    q.nstate = 1;
+    q.status[0] = "open";
+    q.nstatus = 1;
+    CHECK_STR(list(&q), "ids=a3,a1 next=null");
+    q.desk = "d2";
+    CHECK_STR(list(&q), "ids= next=null");
+    /* values are bound, not pasted into the SQL */
+    query_init(&q);
+    q.desk = "d1' OR '1'='1";
+    CHECK_STR(list(&q), "ids= next=null");
+    free(read_result);
+    read_result = NULL;
+    store_close();
+}
+
+static void test_conversation_pages_both_orders(void)
+{
+    struct sb_error err;
+    struct store_page_query q;
+    CHECK(store_open(fixture_dir(), STORE_SYNC_OFF, &err) == 0);
+    CHECK(store_start() == 0);
+    put_desk_rows();
+
+    query_init(&q);
+    q.desk = "d1";
+    q.limit = 2;
+    CHECK_STR(list(&q), "ids=c1,a3 next=\"5\"");
+    q.cursor = "5";
+    CHECK_STR(list(&q), "ids=a2,a1 next=\"3\"");
+    q.cursor = "3";
+    CHECK_STR(list(&q), "ids=q2,q1 next=\"1\"");
+    q.cursor = "1";
+    CHECK_STR(list(&q), "ids= next=null");
+
+    q.oldest_first = 1;
+    q.limit = 4;
+    q.cursor = NULL;
+    CHECK_STR(list(&q), "ids=q1,q2,a1,a2 next=\"4\"");
+    q.cursor = "4";
+    CHECK_STR(list(&q), "ids=a3,c1 next=null");
+    /* a cursor keeps the filters: the queue of d1 after q1 */
+    q.state[0] = "queued";
+    q.nstate = 1;
+    q.limit = 1;
+    q.cursor = NULL;
+    CHECK_STR(list(&q), "ids=q1 next=\"1\"");
+    q.cursor = "1";
+    CHECK_STR(list(&q), "ids=q2 next=\"2\"");
+    q.cursor = "2";
+    CHECK_STR(list(&q), "ids= next=null");
+    free(read_result);
+    read_result = NULL;
+    store_close();
+}
+
+static void test_conversation_counts(void)
+{
+    struct sb_error err;
+    struct store_page_query q;
+    CHECK(store_open(fixture_dir(), STORE_SYNC_OFF, &err) == 0);
+    CHECK(store_start() == 0);
+    put_desk_rows();
+
+    query_init(&q);
+    q.desk = "d1";
+    q.by = STORE_BY_AGENT;
+    CHECK_STR(read_page(STORE_PAGE_CONVERSATION_COUNTS, &q), "{\"ann\":3,\"bob\":1}");   /* no agent: left out */
+    q.state[0] = "agent";
+    q.nstate = 1;
+    CHECK_STR(read_page(STORE_PAGE_CONVERSATION_COUNTS, &q), "{\"ann\":2,\"bob\":1}");
+    q.channel[0] = "tg";
+    q.nchannel = 1;
+    CHECK_STR(read_page(STORE_PAGE_CONVERSATION_COUNTS, &q), "{\"ann\":1,\"bob\":1}");
+    q.nchannel = 0;
+    q.by = STORE_BY_GROUP;
+    q.state[0] = "queued";
+    CHECK_STR(read_page(STORE_PAGE_CONVERSATION_COUNTS, &q), "{\"g1\":1,\"g2\":1}");
+    q.state[1] = "agent";
+    q.nstate = 2;
+    CHECK_STR(read_page(STORE_PAGE_CONVERSATION_COUNTS, &q), "{\"g1\":3,\"g2\":2}");
+    q.nstate = 0;
+    q.by = STORE_BY_STATUS;
+    CHECK_STR(read_page(STORE_PAGE_CONVERSATION_COUNTS, &q), "{\"open\":4,\"pending\":1,\"solved\":1}");
+    q.desk = "nobody";
+    CHECK_STR(read_page(STORE_PAGE_CONVERSATION_COUNTS, &q), "{}");
+    free(read_result);
+    read_result = NULL;
+    store_close();
+}
+
+/* Queries the interface does not promise to answer are refused with a
+ * message, before they reach the store thread. */
+static void test_conversation_reads_refused(void)
+{
+    struct sb_error err;
+    struct store_page_query q;
+    CHECK(store_open(fixture_dir(), STORE_SYNC_OFF, &err) == 0);
+    CHECK(store_start() == 0);
+    query_init(&q);
+    q.by = STORE_BY_AGENT;
+    CHECK_STR(read_page(STORE_PAGE_CONVERSATION_COUNTS, &q), "desk is required");
+    q.desk = "d1";
+    q.by = STORE_BY_NONE;
+    CHECK_STR(read_page(STORE_PAGE_CONVERSATION_COUNTS, &q), "by must be agent, group or status");
+    query_init(&q);
+    q.nstate = STORE_MAX_STATES + 1;
+    CHECK_STR(read_page(STORE_PAGE_CONVERSATIONS, &q), "too many values in a filter");
+    q.nstate = 1;   /* state[0] is NULL */
+    CHECK_STR(read_page(STORE_PAGE_CONVERSATIONS, &q), "a filter value is missing");
+    query_init(&q);
+    q.cursor = "1 OR 1";
+    CHECK_STR(read_page(STORE_PAGE_CONVERSATIONS, &q), "cursor is not valid");
+    free(read_result);
+    read_result = NULL;
+    store_close();
+}
+
+/* The plan SQLite makes for a query of this shape, one line per step. */
+static void query_plan(const char *path, enum store_page page, const struct store_page_query *q, char *out,
+                       size_t size)
+{
+    struct read_binds b;
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    char *sql = store_read_sql(page, q, &b), *explain = sqlite3_mprintf("EXPLAIN QUERY PLAN %s", sql);
+    size_t n = 0;
+    out[0] = '\0';
+    CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+    CHECK(sqlite3_prepare_v2(db, explain, -1, &st, NULL) == SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW && n < size)
+        n += (size_t)snprintf(out + n, size - n, "%s\n", (const char *)sqlite3_column_text(st, 3));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    sqlite3_free(explain);
+    sqlite3_free(sql);
+}
+
+/* A desk's reads search an index of schema 4, and the queue and an agent's
+ * chats come out of it in rowid order, without sorting. */
+static void test_desk_reads_use_an_index(void)
+{
+    const char *dir = fixture_dir();
+    char path[512], plan[1024];
+    struct sb_error err;
+    struct store_page_query q;
+    snprintf(path, sizeof path, "%s/switchboard.db", dir);
+    CHECK(store_open(dir, STORE_SYNC_OFF, &err) == 0);
+    store_close();
+
+    query_init(&q);
+    q.desk = "d1";
+    q.state[0] = "queued";
+    q.nstate = 1;
+    q.group = "g1";
+    q.oldest_first = 1;
+    query_plan(path, STORE_PAGE_CONVERSATIONS, &q, plan, sizeof plan);
+    CHECK(strstr(plan, "SEARCH conversations USING INDEX conversations_desk_queue") != NULL);
+    CHECK(strstr(plan, "TEMP B-TREE") == NULL);
+
+    query_init(&q);
+    q.desk = "d1";
+    q.agent = "ann";
+    q.state[0] = "agent";
+    q.nstate = 1;
+    query_plan(path, STORE_PAGE_CONVERSATIONS, &q, plan, sizeof plan);
+    CHECK(strstr(plan, "SEARCH conversations USING INDEX conversations_desk_agent") != NULL);
+    CHECK(strstr(plan, "TEMP B-TREE") == NULL);
+
+    query_init(&q);
+    q.desk = "d1";
+    q.status[0] = "open";
+    q.nstatus = 1;
+    query_plan(path, STORE_PAGE_CONVERSATIONS, &q, plan, sizeof plan);
+    CHECK(strstr(plan, "SEARCH conversations USING INDEX conversations_desk_status") != NULL);
+    CHECK(strstr(plan, "TEMP B-TREE") == NULL);
+
+    query_init(&q);
+    q.desk = "d1";
+    q.state[0] = "agent";
+    q.nstate = 1;
+    q.by = STORE_BY_AGENT;
+    query_plan(path, STORE_PAGE_CONVERSATION_COUNTS, &q, plan, sizeof plan);
+    CHECK(strstr(plan, "SEARCH conversations USING COVERING INDEX conversations_desk_agent") != NULL);
+    q.state[0] = "queued";
+    q.by = STORE_BY_GROUP;
+    query_plan(path, STORE_PAGE_CONVERSATION_COUNTS, &q, plan, sizeof plan);
+    CHECK(strstr(plan, "SEARCH conversations USING COVERING INDEX conversations_desk_queue") != NULL);
+    q.nstate = 0;
+    q.by = STORE_BY_STATUS;
+    query_plan(path, STORE_PAGE_CONVERSATION_COUNTS, &q, plan, sizeof plan);
+    CHECK(strstr(plan, "SEARCH conversations USING COVERING INDEX conversations_desk_status") != NULL);
+    if (harness_current_failed)
+        fprintf(stderr, "  last plan:\n%s", plan);
+}
+
 const struct test_case store_tests[] = {
     { "store: journal ids follow the order writes join batches; engine events read back", test_journal_ids_and_bus_reads },
     { "store: group commit, read after write, reopen", test_group_commit_and_read },
@@ -393,5 +718,12 @@ const struct test_case store_tests[] = {
       test_failed_batch_poisons_until_recovered },
     { "store: binary outbox bodies, lane windows", test_binary_bodies_and_lane_windows },
     { "store: schema 1 migrates (idempotency keys, outbox hints)", test_migration_from_v1 },
+    { "store: conversations filtered by desk, group, agent or none, lists of state, status, channel",
+      test_conversation_filters },
+    { "store: conversation pages newest or oldest first, cursors keep the filters",
+      test_conversation_pages_both_orders },
+    { "store: conversation counts by agent, group or status; NULLs left out", test_conversation_counts },
+    { "store: reads of conversations the interface does not promise are refused", test_conversation_reads_refused },
+    { "store: a desk's lists and counts search a schema 4 index", test_desk_reads_use_an_index },
     { NULL, NULL },
 };
