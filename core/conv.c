@@ -27,7 +27,7 @@ struct client_key {
 
 
 const char *const cv_state_names[SB_CONV_STATE_COUNT] = { "bot", "queued", "agent", "closed" };
-const char *const cv_author_kinds[4] = { "client", "bot", "agent", "system" };
+const char *const cv_author_kinds[5] = { "client", "bot", "agent", "system", "note" };
 
 /* cv_allowed[from][to] */
 const unsigned char cv_allowed[SB_CONV_STATE_COUNT][SB_CONV_STATE_COUNT] = {

@@ -23,7 +23,7 @@ extern void *cv_by_id;                      /* tsearch: struct sb_conv * by id *
 extern size_t cv_nall, cv_nopen, cv_nloaded;
 extern struct sb_conv_settings cv_settings;
 extern const char *const cv_state_names[SB_CONV_STATE_COUNT];
-extern const char *const cv_author_kinds[4];
+extern const char *const cv_author_kinds[5];
 extern const unsigned char cv_allowed[SB_CONV_STATE_COUNT][SB_CONV_STATE_COUNT];
 
 /* The empty JSON values most fields hold are shared, not copied. */

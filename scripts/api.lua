@@ -5,6 +5,7 @@ local bots = require("bots")
 local channels = require("channels")
 local desks = require("desks")
 local flow = require("flow")
+local helpdesk = require("helpdesk")
 local livechat = require("livechat")
 local api = {}
 
@@ -92,6 +93,7 @@ local function auth(req, scope)
   end
   return who
 end
+api.auth = auth
 
 -- A conversation the caller may act on. A token bound to a bot sees the
 -- conversations of that bot's channels only; any other is "no such
@@ -312,6 +314,8 @@ end
 -- gets livechatFinished with reason "api". The body is empty or a JSON
 -- object (no fields are defined yet).
 function api.end_chat(req)
+  -- an agent of the built-in desk ends the chat as an agent (docs/desk.md)
+  if helpdesk.agent_of(req) then return helpdesk.end_chat(req) end
   local who = auth(req, "write")
   if req.body ~= "" and not v.is_object(req:json()) then
     http_error(422, "invalid_field", "the body must be empty or a JSON object")
@@ -354,8 +358,8 @@ local MAX_STREAM_PATTERNS = 32
 -- ?events=message.created,livechat.* and ?conversation=<id> filter; the
 -- Last-Event-ID header (or ?last_event_id=) resumes after that event. A
 -- token bound to a bot sees its bot's channels' conversations only.
-function api.events_stream(req)
-  local who = auth(req, "read")
+-- ?events= and Last-Event-ID of a stream request: after, patterns (400 when bad).
+function api.stream_options(req)
   local q = req.query
   local patterns
   if q.events ~= nil then
@@ -373,6 +377,13 @@ function api.events_stream(req)
   if last ~= nil and (not v.digits(last) or #last > 15) then
     http_error(400, "invalid_parameter", "Last-Event-ID must be an event id")
   end
+  return last and math.tointeger(tonumber(last)), patterns
+end
+
+function api.events_stream(req)
+  local who = auth(req, "read")
+  local q = req.query
+  local after, patterns = api.stream_options(req)
   local conv_id
   if q.conversation ~= nil then conv_id = conversation_for(who, q.conversation).id end
   local channels_seen
@@ -383,7 +394,7 @@ function api.events_stream(req)
     end
   end
   return events.stream{
-    after = last and math.tointeger(tonumber(last)), events = patterns, conversation = conv_id,
+    after = after, events = patterns, conversation = conv_id,
     channels = channels_seen,
   }
 end

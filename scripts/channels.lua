@@ -33,6 +33,13 @@ function channels.secret_ref(section, name, key)
   return "${" .. section .. "." .. name .. "." .. key .. "}"
 end
 
+-- The kind of an instance's channel, for rules and filters: what its
+-- adapter says (`adapter.kind`: website live chats are "live_chat"), else "messaging".
+function channels.kind(name)
+  local adapter = channels.resolve(name)
+  return adapter and adapter.kind or "messaging"
+end
+
 -- Sends a stored message (as returned by conv:append) to the conversation's client.
 function channels.send(conv, message)
   local adapter, inst = channels.resolve(conv.channel)

@@ -7,7 +7,8 @@
 --                                                --       history, attributes,
 --                                                --       hidden_attributes, custom_data, theme
 --   adapter.send_client_message(name, inst, conv, message)
---   adapter.close(name, inst, conv, text)        -- the engine or the client ended the chat
+--   adapter.close(name, inst, conv, text, reason) -- the engine or the client ended the chat
+--   adapter.inactivity_timeout(name, inst, group) -- optional: seconds, or nil for the instance's keys
 --   adapter.one_time(name, inst, conv, group, opts)   -- optional; default: open, then close
 --   adapter.default_recipient                    -- optional: destination rule 3 when the
 --                                                -- instance has no admin_recipient
@@ -89,7 +90,7 @@ local function call(name, fn, ...)
 end
 
 function desks.open(name, conv, group, opts) return call(name, "open", conv, group, opts) end
-function desks.close(name, conv, text) return call(name, "close", conv, text) end
+function desks.close(name, conv, text, reason) return call(name, "close", conv, text, reason) end
 
 -- A one-time message (oneTimeMessage): the desk gets it in a session that
 -- is closed at once, so that no desk session stays open while the bot has
@@ -228,6 +229,8 @@ function desks.agent_message(name, conversation_id, msg)
     end
   end
   local employee = msg.employee or {}
+  -- ids and names of agents in a message stay as the desk gives them;
+  -- conv.agent is msg.assign when the desk keys its agents (the built-in desk's ids)
   local m = conv:append{
     author = { kind = "agent", name = employee.name, id = employee.id },
     text = msg.text or "", attachments = msg.attachments, dedupe_key = key,
@@ -237,9 +240,8 @@ function desks.agent_message(name, conversation_id, msg)
   if joined then
     conv:set_state("agent", "agent answered")
   end
-  if employee.name or employee.id then
-    conv:set{ agent = employee.name or employee.id }
-  end
+  local assign = msg.assign or employee.name or employee.id
+  if assign and conv.agent ~= assign then conv:set{ agent = assign } end
   if joined then
     -- the bus's livechat.started (docs/events.md)
     local lc = conv.data.livechat

@@ -61,6 +61,10 @@ end
 -- the desk while it is queued for or with an agent.
 function flow.route_client_message(conv, m)
   if conv.state == "bot" then
+    if not bots.for_channel(conv.channel) and desks.for_channel(conv.channel) then
+      livechat.direct(conv)   -- no bot: the chat goes straight to the channel's desk
+      return
+    end
     bots.deliver(conv, m)
   elseif desks and desks.client_message then
     desks.client_message(conv, m)

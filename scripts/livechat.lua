@@ -76,8 +76,9 @@ function livechat.plan(conv, sw)
   if not requested then
     -- no destination in the switch: the desk may map the client's platform
     -- group or the page the chat started on to a group (then rule 1 applies)
-    local client = conv.client
-    requested, mapped_why = routing.map_group(desk, client.group, client.start_page or client.page_url)
+    local client, page = conv.client, conv.client.start_page or conv.client.page_url
+    requested, mapped_why = routing.map_group(channels.instance(conv.channel), client.group, page)
+    if not requested then requested, mapped_why = routing.map_group(desk, client.group, page) end
   end
   -- a desk without an admin_recipient of its own may have a default one
   -- (Chat2Desk's: the account's administrator, no transfer)
@@ -124,7 +125,12 @@ local function history(conv, n)
 end
 
 function livechat.timeout_for(desk_name, group)
-  local desk = desks.instance(desk_name) or {}
+  local adapter, desk = desks.resolve(desk_name)
+  desk = desk or {}
+  if adapter and adapter.inactivity_timeout then
+    local t = adapter.inactivity_timeout(desk_name, desk, group)
+    if t then return t end
+  end
   local per_group = tbl(desk.group_inactivity)
   return (per_group and tonumber(per_group[group])) or tonumber(desk.inactivity_timeout) or 600
 end
@@ -227,9 +233,9 @@ function livechat.finish(conv, reason, opts)
   local data = conv.data
   local lc = data.livechat
   if not lc or (conv.state ~= "queued" and conv.state ~= "agent") then return false end
-  if reason ~= "agent" then
+  if reason ~= "agent" or opts.tell_desk then
     desks.close(lc.desk, conv, reason == "client" and "The user closed the chat"
-                               or ("The chat was closed: " .. reason))
+                               or ("The chat was closed: " .. reason), reason)
   end
   if lc.timer then timer.cancel(lc.timer) end
   data.livechat = nil
@@ -282,6 +288,15 @@ function livechat.unavailable(conv)
   conv:journal("livechat_unavailable", { desk = lc.desk, group = lc.group, action = "returned" })
   bots.event(conv, "noLivechatOperatorsOnline", { group = lc.group, desk = lc.desk })
   return "returned"
+end
+
+-- A channel without a bot whose chats go to its desk (a website live chat
+-- into the built-in desk): the message the bot would have got opens a live
+-- chat, as a switch with ignoreOffline and no destination (the channel's or
+-- the desk's group_map and page_routes, else the desk's default group).
+function livechat.direct(conv)
+  local plan = livechat.plan(conv, livechat.normalize({ ignoreOffline = true }))
+  livechat.execute(conv, plan, nil)
 end
 
 -- The client typed a close phrase: end the chat, then the phrase goes to
