@@ -9,6 +9,7 @@
 --        when a desk agent's status changes (offline only after offline_delay)
 local channels = require("channels")
 local flow = require("flow")
+local helpdesk = require("helpdesk")
 local inbound = require("inbound")
 local livechat = require("livechat")
 local S = require("schema")
@@ -50,9 +51,6 @@ end
 
 local function api_base(inst) return ((inst.api_base or DEFAULT_API_BASE):gsub("/+$", "")) end
 local function key(name, ...) return "chaport:" .. name .. ":" .. table.concat({ ... }, ":") end
-
--- The built-in desk, looked up when needed: it loads with the engine's scripts.
-local function helpdesk() return require("helpdesk") end
 
 -- "a.b.1.c" in a decoded JSON value; JSON null is absent.
 local function at(value, path)
@@ -177,7 +175,7 @@ local function operator_message(name, conv, m)
     state.delete(echo)
     return
   end
-  helpdesk().external_agent_message(conv, { name = m.name, text = m.text, dedupe_key = m.key,
+  helpdesk.external_agent_message(conv, { name = m.name, text = m.text, dedupe_key = m.key,
                                             platform_agent = m.name })
 end
 
@@ -242,7 +240,8 @@ inbound.endpoint{
   registry = channels, type = "chaport",
   -- Chaport signs nothing (platforms.md §3.3): the secret is in the URL we give it
   auth = { path = "secret", secret = "webhook_secret", what = "secret in the path" },
-  schema = S.object{},
+  -- a JSON object: its fields are read at the configured paths (read_event)
+  schema = S.map(S.any{}, { max_keys = 256 }),
   event_id = function(body, req)
     local inst = channels.instance(req.params.instance)
     local id = at(body, with_defaults(inst and inst.payload, DEFAULT_PAYLOAD).event_id)
@@ -324,7 +323,7 @@ local function operator_for(name, inst, desk, agent_id, create)
     local known = state.get(made)
     if known then return known end
   end
-  local agent = helpdesk().agent(desk, agent_id) or { id = agent_id }
+  local agent = helpdesk.agent(desk, agent_id) or { id = agent_id }
   local email = type(spec.email) == "string" and spec.email or agent.email
   if type(email) ~= "string" or email == "" then
     return nil, "desk agent " .. tostring(agent_id) .. " has no email to find a Chaport operator by"
@@ -449,8 +448,7 @@ local function queue_status(name, desk, agent, status)
 end
 
 local function takes_chats(desk, agent)
-  local hd = helpdesk()
-  return hd.takes_chats(desk, hd.status_of(desk, agent))
+  return helpdesk.takes_chats(desk, helpdesk.status_of(desk, agent))
 end
 
 -- An operator that several agents share (the same id) stays online while
@@ -486,7 +484,7 @@ end
 local function sync(name, inst, desk, agent, status)
   local k = key(name, "offline_timer", agent)
   local pending = state.get(k)
-  if helpdesk().takes_chats(desk, status) then
+  if helpdesk.takes_chats(desk, status) then
     if pending then
       timer.cancel(pending)
       state.delete(k)
