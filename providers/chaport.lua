@@ -193,7 +193,7 @@ end
 -- desk's closing call is not sent back to Chaport (chaport.closed).
 local function finished(name, e)
   local conv = conversations.find(name, e.visitor)
-  if not conv then return end
+  if not conv or (conv.state ~= "queued" and conv.state ~= "agent") then return end
   local data = conv.data
   data.chaport = data.chaport or {}
   data.chaport.finishing = true
