@@ -34,6 +34,7 @@ AGENTS = {
     "bob": {"name": "Bob Ray", "email": "bob@example.com", "groups": ["tech"]},                # op-shared
     "dan": {"name": "Dan Cho", "email": "dan@example.com", "groups": ["tech"]},                # op-shared too
     "carl": {"name": "Carl Orr", "email": "carl@example.com", "groups": ["support"]},          # created
+    "eve": {"name": "Eve Ng", "email": "eve@example.com", "groups": ["support"]},              # by email: none
 }
 OPERATORS = [
     operator("op-ann", "ANN@example.com", "Ann in Chaport"),
@@ -230,6 +231,17 @@ def test_agents_reply_as_their_operators_by_email_chosen_or_created(chaport_env)
     assert [(o["email"], o["name"], o["role"]) for o in created] == [("carl@example.com", "Carl Orr", "operator")]
     assert env.fake.sent("v-5") == [("op-ann", "Ann here"), ("op-shared", "Bob here"), ("op-shared", "Dan here"),
                                     (created[0]["id"], "Carl here"), (created[0]["id"], "Carl again")]
+    env.fake.assert_no_violations()
+
+
+def test_a_reply_of_an_agent_without_an_operator_ends_as_a_dead_letter_saying_why(chaport_env):
+    env = chaport_env()
+    conv_id = env.chat("v-9", "Hello?")
+    env.reply("eve", conv_id, "Eve here")
+    dead = wait_until(lambda: [d for d in env.api.dead_all() if d["target"] == "chaport.relay"], timeout=30,
+                      message="a dead letter of the reply")
+    assert len(dead) == 1 and dead[0]["conversation_id"] == conv_id and "no Chaport operator has the email eve@example.com" in dead[0]["reason"], dead
+    assert env.fake.sent("v-9") == [] and env.fake.created == []
     env.fake.assert_no_violations()
 
 
