@@ -25,7 +25,7 @@ CFLAGS_ALL  = -std=gnu11 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) $(THREADS) -MMD -MP
 LDLIBS_ALL  = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm $(LDLIBS)
 LDFLAGS_ALL = $(SAN) $(THREADS) $(LDFLAGS)
 
-CORE_SRCS = core/util.c core/log.c core/metrics.c core/handler_use.c core/config.c core/store_sqlite.c core/store_sql.c core/txn.c core/schedule.c \
+CORE_SRCS = core/util.c core/log.c core/metrics.c core/handler_use.c core/config.c core/store_sqlite.c core/store_sql.c core/store_read.c core/txn.c core/schedule.c \
             core/conv.c core/conv_change.c core/conv_memory.c core/kvstate.c core/counters.c core/timer.c core/outbox.c core/outbox_entry.c core/outbox_response.c core/bus.c core/bus_sub.c core/httpclient.c core/lpattern.c core/lpattern_match.c \
             core/runtime.c core/job.c core/luajson.c core/bind_core.c core/bind_crypto.c core/bind_codec.c core/bind_http.c core/bind_conv.c \
             core/bind_read.c core/bind_outbox.c core/bind_timer.c core/bind_state.c core/bind_route.c \

@@ -9,6 +9,8 @@
  * the runtime current when its event is dispatched. */
 #include "bind_events.h"
 
+#include <ctype.h>
+
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -245,6 +247,23 @@ static int events_stream(lua_State *L)
     lua_pop(L, 1);
     string_list(L, 1, "events", r->filter, 1);
     string_list(L, 1, "channels", r->filter, 0);
+    if (lua_getfield(L, 1, "desk") != LUA_TNIL) {
+        /* the desk's agents' status changes, matched in the event's data as
+         * the engine writes it (a name of [A-Za-z0-9_-] needs no escaping) */
+        size_t n, i;
+        const char *desk = lua_isstring(L, -1) ? lua_tolstring(L, -1, &n) : NULL;
+        char *needle;
+        if (!desk || n == 0 || n > 128)
+            return luaL_error(L, "events.stream: desk must be a desk's name");
+        for (i = 0; i < n; i++)
+            if (!isalnum((unsigned char)desk[i]) && desk[i] != '_' && desk[i] != '-')
+                return luaL_error(L, "events.stream: desk must be letters, digits, _ and -");
+        needle = sb_xmalloc(n + 10);
+        snprintf(needle, n + 10, "\"desk\":\"%s\"", desk);
+        r->filter->desk_needle = needle;
+        r->filter->restricted = 1;
+    }
+    lua_pop(L, 1);
     lua_pushinteger(L, 200);
     lua_insert(L, 2);
     return 2;

@@ -158,7 +158,9 @@ int sb_bus_filter_match(const struct sb_bus_filter *f, const struct sb_bus_event
         return 0;
     if (!f->restricted)
         return 1;
-    for (i = 0; i < f->nchannels && ev->conversation[0] && ev->channel; i++)
+    if (!ev->conversation[0])
+        return f->desk_needle && ev->data && strstr(ev->data, f->desk_needle) != NULL;
+    for (i = 0; i < f->nchannels && ev->channel; i++)
         if (!strcmp(f->channels[i], ev->channel))
             return 1;
     return 0;
@@ -176,6 +178,7 @@ void sb_bus_filter_free(struct sb_bus_filter *f)
     free(f->patterns);
     free(f->channels);
     free(f->conversation);
+    free(f->desk_needle);
     free(f);
 }
 

@@ -53,8 +53,10 @@ int sb_bus_pattern_match(const char *pattern, const char *name);
 
 /* What a reader outside the engine wants: events matching one of the
  * patterns (none: all), of one conversation (NULL: any) and, when
- * restricted, only of conversations in the listed channels (then never an
- * event without a conversation). */
+ * restricted, only of conversations in the listed channels; an event
+ * without a conversation then passes only when desk_needle is set and its
+ * data has that text (`"desk":"<name>"`: an agent of that desk sees its
+ * colleagues' status changes, not other desks'). */
 struct sb_bus_filter {
     char **patterns;
     int npatterns;
@@ -62,6 +64,7 @@ struct sb_bus_filter {
     char **channels;
     int nchannels;
     int restricted;
+    char *desk_needle;
 };
 struct sb_bus_filter *sb_bus_filter_new(void);
 void sb_bus_filter_add_pattern(struct sb_bus_filter *f, const char *pattern);

@@ -161,15 +161,31 @@ void store_set_events_hook(void (*hook)(int64_t last_id));
  * are opaque decimal strings. */
 enum store_page {
     STORE_PAGE_CONVERSATION,   /* id, messages -> {"conversation":{..., "messages":[...]}} or null */
-    STORE_PAGE_CONVERSATIONS,  /* state, channel, limit, cursor -> {"conversations":[...],"next_cursor":...} */
+    STORE_PAGE_CONVERSATIONS,  /* filters, order, limit, cursor -> {"conversations":[...],"next_cursor":...} */
     STORE_PAGE_MESSAGES,       /* id, limit, cursor -> {"messages":[...],"next_cursor":...} */
     STORE_PAGE_EVENTS,         /* id, limit, cursor -> {"events":[...],"next_cursor":...} */
     STORE_PAGE_OUTBOX_DEAD,    /* limit, cursor -> {"dead":[...],"next_cursor":...} */
     STORE_PAGE_OUTBOX_ENTRY,   /* entry_id -> the entry (id, lane, kind, target, method, url, state, attempts, created, reason, died_at) or null */
+    STORE_PAGE_CONVERSATION_COUNTS, /* filters (desk required), by -> {"<value>": count, ...} */
     STORE_PAGE_COUNT
 };
+/* The most values a filter of conversations may list (an IN). */
+#define STORE_MAX_STATES 4
+#define STORE_MAX_STATUSES 8
+#define STORE_MAX_CHANNELS 64
+/* The column conversations are counted by. */
+enum store_count_by { STORE_BY_NONE, STORE_BY_AGENT, STORE_BY_GROUP, STORE_BY_STATUS };
 struct store_page_query {
-    const char *id, *state, *channel, *cursor;   /* NULL: not given */
+    const char *id, *cursor;   /* NULL: not given */
+    /* Filters of conversations, all ANDed; NULL or 0 values: not given. */
+    const char *desk, *group, *agent;
+    int no_agent;              /* only conversations without an agent */
+    const char *state[STORE_MAX_STATES];
+    const char *status[STORE_MAX_STATUSES];
+    const char *channel[STORE_MAX_CHANNELS];
+    int nstate, nstatus, nchannel;
+    int oldest_first;          /* conversations: oldest first (the default is newest first) */
+    enum store_count_by by;
     int limit, messages;
     int64_t entry_id;
 };

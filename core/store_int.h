@@ -55,6 +55,12 @@ struct store_op {
     struct store_op *next;
 };
 
+/* A conversation row as the read API shows it. */
+#define CONV_JSON                                                                                   \
+    "json_object('id',id,'channel',channel,'client_id',client_id,'state',state,'desk',desk,"       \
+    "'group',grp,'agent',agent,'status',status,'tags',json(tags),'client',json(profile),"           \
+    "'data',json(data),'created',created,'updated',updated)"
+
 extern sqlite3 *store_db;
 extern sqlite3_stmt *store_write_stmts[OP_COUNT][MAX_STATEMENTS];
 extern sqlite3_stmt *store_page_stmts[STORE_PAGE_COUNT];
@@ -66,6 +72,27 @@ struct store_op *store_params_new(void);
 void store_put_str(struct store_op *op, const char *s);
 void store_put_real(struct store_op *op, double d);
 void store_put_int(struct store_op *op, int64_t i);
+
+/* Page reads (store_read.c). store_run_page runs on the store thread:
+ * 1 with the JSON text in *result (the caller frees it), or 0 with error
+ * filled in. */
+int store_run_page(enum store_page page, const struct store_page_query *q, char **result, size_t *len,
+                   char *error, size_t error_size);
+/* Why a read cannot be asked for as it is (a message), or NULL. */
+const char *store_query_problem(enum store_page page, const struct store_page_query *q);
+/* A query with every string copied, for the store thread; freed with store_query_free. */
+void store_query_copy(struct store_page_query *dst, const struct store_page_query *src);
+void store_query_free(struct store_page_query *q);
+/* The SQL a list or count of conversations runs (sqlite3_free it), and the
+ * values it binds, in the order of its ?N; the tests look at its plan. */
+struct read_binds {
+    int n;
+    struct {
+        const char *text;   /* NULL: the integer */
+        int64_t i;
+    } v[3 + STORE_MAX_STATES + STORE_MAX_STATUSES + STORE_MAX_CHANNELS + 2];
+};
+char *store_read_sql(enum store_page page, const struct store_page_query *q, struct read_binds *b);
 
 /* Opening: pragmas, migrations, statements. Returns 0 or -1 with err set. */
 int store_sql_open(const char *path, enum store_sync sync, struct sb_error *err);

@@ -15,7 +15,7 @@ sqlite3_stmt *store_page_stmts[STORE_PAGE_COUNT];
 sqlite3_stmt *store_fetch_stmts[FETCH_COUNT][2];
 sqlite3_stmt *store_begin_stmt, *store_commit_stmt, *store_rollback_stmt;
 
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 4
 #define MAX_VALUES 16
 #define MAX_STATEMENTS 4
 
@@ -79,7 +79,14 @@ static const char *const schema_v3 =
     "CREATE TABLE event_cursors(subscriber TEXT PRIMARY KEY, cursor INTEGER NOT NULL, seen REAL NOT NULL)"
     "  WITHOUT ROWID;";
 
-static const char *const schemas[SCHEMA_VERSION + 1] = { NULL, schema_v1, schema_v2, schema_v3 };
+/* v4: a desk's lists and counts of conversations (its queue by group, each
+ * agent's chats, its cases by status) read an index, not the table. */
+static const char *const schema_v4 =
+    "CREATE INDEX conversations_desk_queue ON conversations(desk, state, grp, rowid);"
+    "CREATE INDEX conversations_desk_agent ON conversations(desk, agent, state);"
+    "CREATE INDEX conversations_desk_status ON conversations(desk, status, rowid);";
+
+static const char *const schemas[SCHEMA_VERSION + 1] = { NULL, schema_v1, schema_v2, schema_v3, schema_v4 };
 
 
 /* Statements of each write, values bound as ?1, ?2, ... in the order the
@@ -136,10 +143,6 @@ static const char *const write_sql[OP_COUNT][MAX_STATEMENTS] = {
         " WHERE state='closed' AND updated < ?1 ORDER BY rowid LIMIT ?2)" },
 };
 
-#define CONV_JSON                                                                                   \
-    "json_object('id',id,'channel',channel,'client_id',client_id,'state',state,'desk',desk,"       \
-    "'group',grp,'agent',agent,'status',status,'tags',json(tags),'client',json(profile),"           \
-    "'data',json(data),'created',created,'updated',updated)"
 #define MSG_JSON                                                                                    \
     "json_object('id',id,'seq',seq,'author',json_object('kind',author_kind,'name',author_name,"     \
     "'id',author_id),'text',text,'attachments',json(attachments),'buttons',json(buttons),"          \
@@ -147,19 +150,14 @@ static const char *const write_sql[OP_COUNT][MAX_STATEMENTS] = {
 
 /* Each page read builds its whole answer as one JSON text. Cursors are the
  * sort key of the last item returned, as text. Parameters are bound by
- * name from struct store_page_query. */
+ * name from struct store_page_query. Lists and counts of conversations
+ * have no fixed statement: store_read.c builds theirs from their filters. */
 static const char *const page_sql[STORE_PAGE_COUNT] = {
     [STORE_PAGE_CONVERSATION] =
         "SELECT json_object('conversation', json_insert(json(c.j), '$.messages',"
         "  (SELECT json_group_array(json(m)) FROM (SELECT * FROM (SELECT seq, " MSG_JSON " AS m"
         "   FROM messages WHERE conversation_id=:id ORDER BY seq DESC LIMIT :messages) ORDER BY seq))))"
         " FROM (SELECT " CONV_JSON " AS j FROM conversations WHERE id=:id) AS c",
-    [STORE_PAGE_CONVERSATIONS] =
-        "SELECT json_object('conversations', json_group_array(json(j)),"
-        " 'next_cursor', CASE WHEN count(*) = :limit THEN CAST(min(r) AS TEXT) END)"
-        " FROM (SELECT rowid AS r, " CONV_JSON " AS j FROM conversations"
-        "  WHERE (:state IS NULL OR state=:state) AND (:channel IS NULL OR channel=:channel)"
-        "  AND (:cursor IS NULL OR rowid < CAST(:cursor AS INTEGER)) ORDER BY rowid DESC LIMIT :limit)",
     [STORE_PAGE_MESSAGES] =
         "SELECT json_object('messages', json_group_array(json(j)),"
         " 'next_cursor', CASE WHEN count(*) = :limit THEN CAST(max(s) AS TEXT) END)"
@@ -563,7 +561,7 @@ static int prepare_all(struct sb_error *err)
             if (prepare(write_sql[i][s], &store_write_stmts[i][s]))
                 goto fail;
     for (i = 0; i < STORE_PAGE_COUNT; i++)
-        if (prepare(page_sql[i], &store_page_stmts[i]))
+        if (page_sql[i] && prepare(page_sql[i], &store_page_stmts[i]))
             goto fail;
     for (i = 0; i < FETCH_COUNT; i++)
         for (s = 0; s < 2 && fetch_sql[i][s]; s++)

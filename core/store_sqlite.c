@@ -153,10 +153,7 @@ static void work_free(struct work *w)
         store_op_free(w->ops);
         w->ops = next;
     }
-    free((char *)w->query.id);
-    free((char *)w->query.state);
-    free((char *)w->query.channel);
-    free((char *)w->query.cursor);
+    store_query_free(&w->query);
     rows_free(&w->rows);
     free(w->result);
     free(w);
@@ -234,51 +231,9 @@ static void run_batch(struct work *w)
     }
 }
 
-static int bind_named_text(sqlite3_stmt *st, const char *name, const char *value)
-{
-    int i = sqlite3_bind_parameter_index(st, name);
-    if (!i)
-        return SQLITE_OK;
-    return value ? sqlite3_bind_text(st, i, value, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
-}
-
-static int bind_named_int(sqlite3_stmt *st, const char *name, int64_t value)
-{
-    int i = sqlite3_bind_parameter_index(st, name);
-    return i ? sqlite3_bind_int64(st, i, value) : SQLITE_OK;
-}
-
 static void run_page(struct work *w)
 {
-    sqlite3_stmt *st = store_page_stmts[w->page];
-    const struct store_page_query *q = &w->query;
-    int rc = bind_named_text(st, ":id", q->id);
-    if (rc == SQLITE_OK) rc = bind_named_text(st, ":state", q->state);
-    if (rc == SQLITE_OK) rc = bind_named_text(st, ":channel", q->channel);
-    if (rc == SQLITE_OK) rc = bind_named_text(st, ":cursor", q->cursor);
-    if (rc == SQLITE_OK) rc = bind_named_int(st, ":limit", q->limit);
-    if (rc == SQLITE_OK) rc = bind_named_int(st, ":messages", q->messages);
-    if (rc == SQLITE_OK) rc = bind_named_int(st, ":entry_id", q->entry_id);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        const unsigned char *t = sqlite3_column_text(st, 0);
-        size_t n = (size_t)sqlite3_column_bytes(st, 0);
-        w->result = sb_xmalloc(n + 1);
-        memcpy(w->result, t ? (const char *)t : "", n);
-        w->result[n] = '\0';
-        w->result_len = n;
-        w->ok = 1;
-    } else if (rc == SQLITE_DONE) {
-        w->result = sb_xstrdup("null");
-        w->result_len = 4;
-        w->ok = 1;
-    } else {
-        snprintf(w->error, sizeof w->error, "%s", sqlite3_errmsg(store_db));
-        w->ok = 0;
-    }
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
+    w->ok = store_run_page(w->page, &w->query, &w->result, &w->result_len, w->error, sizeof w->error);
 }
 
 /* Copies the current row of st (all columns) into rows. */
@@ -605,18 +560,19 @@ static void hand_over_read(struct work *w)
 void store_read_page(enum store_page page, const struct store_page_query *q, store_read_fn fn, void *arg)
 {
     struct work *w;
+    const char *problem;
     if (!thread_running) {
         fn(arg, NULL, 0, "the store is not open");
+        return;
+    }
+    if ((problem = store_query_problem(page, q))) {
+        fn(arg, NULL, 0, problem);
         return;
     }
     w = sb_xcalloc(1, sizeof *w);
     w->kind = WORK_PAGE;
     w->page = page;
-    w->query = *q;
-    w->query.id = sb_xstrdup_or_null(q->id);
-    w->query.state = sb_xstrdup_or_null(q->state);
-    w->query.channel = sb_xstrdup_or_null(q->channel);
-    w->query.cursor = sb_xstrdup_or_null(q->cursor);
+    store_query_copy(&w->query, q);
     w->read_fn = fn;
     w->arg = arg;
     hand_over_read(w);

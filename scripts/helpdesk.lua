@@ -30,6 +30,7 @@ local function fail(desk, what) error("desks." .. desk .. ": " .. what, 0) end
 -- The desk's config, checked and indexed at every load: a mistake fails the
 -- load (and --check), never a request.
 local function build(name, inst)
+  if not name:match("^[%w_%-]+$") then fail(name, "a builtin desk's name must be letters, digits, _ and -") end
   local d = { name = name, agents = {}, order = {}, groups = {}, group_order = {}, statuses = {} }
   for status, takes in pairs(BUILTIN_STATUSES) do d.statuses[status] = { name = status, takes_chats = takes } end
   for i, st in ipairs(inst.statuses or {}) do
@@ -229,7 +230,7 @@ end
 
 -- ---------------------------------------------------------------- the desk adapter
 
-local builtin = {}
+local builtin = { keeps_agent = true }   -- an ended chat is a case of the agent who had it
 
 function builtin.destinations(name)
   local d = DESKS[name]
@@ -546,14 +547,13 @@ end
 -- The agent's live feed: the event stream of the channels the agent works
 -- in (?events= and Last-Event-ID as on /v1/events/stream).
 function helpdesk.stream(req)
-  local _, agent = signed_in(req)
+  local desk, agent = signed_in(req)
   local chans = {}
   for c in pairs(agent.channels) do chans[#chans + 1] = c end
   table.sort(chans)
   local after, patterns = api.stream_options(req)
-  -- an agent without channels sees their status changes only
-  if #chans == 0 then chans = { "" } end
-  return events.stream{ after = after, events = patterns, channels = chans }
+  -- the conversations of the agent's channels, and the status changes of the desk's agents
+  return events.stream{ after = after, events = patterns, channels = #chans > 0 and chans or nil, desk = desk }
 end
 
 -- GET /v1/cases answers agents (their channels) and API tokens (read scope).

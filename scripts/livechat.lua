@@ -182,7 +182,7 @@ function livechat.execute(conv, plan, bot_name)
     last_message = sw.last_message, bot = bot_name, started = now(), last_activity = now(),
     ignore_offline = sw.ignore_offline or nil,
   }
-  conv:set{ desk = plan.desk, group = plan.group, data = data }
+  conv:set{ desk = plan.desk, group = plan.group, data = data, agent = false }   -- a new chat has no agent yet
   conv:set_state("queued", "switch")
   desks.open(plan.desk, conv, plan.group, opts)
   livechat.arm_inactivity(conv, livechat.timeout_for(plan.desk, plan.group))
@@ -240,7 +240,11 @@ function livechat.finish(conv, reason, opts)
   if lc.timer then timer.cancel(lc.timer) end
   data.livechat = nil
   data.last_livechat = { desk = lc.desk, group = lc.group, ended = now(), reason = reason }
-  conv:set{ data = data, agent = false }
+  -- a desk whose ended chats are cases keeps the agent on the case
+  local adapter = desks.resolve(lc.desk)
+  local fields = { data = data }
+  if not (adapter and adapter.keeps_agent) then fields.agent = false end
+  conv:set(fields)
   conv:set_state("closed", reason)
   conv:journal("livechat_finished", { reason = reason, desk = lc.desk, group = lc.group })
   if lc.last_message and lc.last_message ~= "" then

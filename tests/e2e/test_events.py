@@ -420,13 +420,13 @@ class SseClient:
     body on a thread and parses the events (``id``, ``event``, ``data``) and
     comment lines as they come."""
 
-    def __init__(self, daemon, query="", token=API_TOKEN, headers=None, method="GET"):
+    def __init__(self, daemon, query="", token=API_TOKEN, headers=None, method="GET", path="/v1/events/stream"):
         self.sock = socket.create_connection((daemon.host, daemon.port), timeout=20)
         h = {"Host": "switchboard", "Accept": "text/event-stream"}
         if token is not None:
             h["Authorization"] = f"Bearer {token}"
         h.update(headers or {})
-        head = f"{method} /v1/events/stream{query} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
+        head = f"{method} {path}{query} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
         self.sock.sendall((head + "\r\n").encode())
         self._buf = b""
         self.events, self.comments, self.retry = [], [], None
