@@ -193,8 +193,9 @@ EXAMPLE_ENV = {  # what the examples read with env(): set, as a user would
     "SWITCHBOARD_WEB_SECRET": "web-secret", "CHAT2DESK_TOKEN": "c2d-token", "C2D_CHANNEL_ID": "17",
     "C2D_WEBHOOK_SECRET": "c2d-hook", "C2D_DEFAULT_GROUP": "Support", "JIVO_PROVIDER_ID": "jivo-provider",
     "JIVO_BOT_TOKEN": "jivo-token", "JIVO_SECRET": "jivo-secret", "CHATRA_PUBLIC_KEY": "chatra-public",
-    "CHATRA_SECRET_KEY": "chatra-secret", "CHATRA_WEBHOOK_SECRET": "chatra-hook", "DESK_TOKEN_ANN": "ann-token",
-    "DESK_TOKEN_BOB": "bob-token",
+    "CHATRA_SECRET_KEY": "chatra-secret", "CHATRA_WEBHOOK_SECRET": "chatra-hook", "DESK_TOKEN_ANN": "ann-token-1",
+    "DESK_TOKEN_BOB": "bob-token-1", "CHAPORT_TOKEN": "chaport-token", "CHAPORT_WEBHOOK_SECRET": "chaport-hook",
+    "DESK_ANN_TOKEN": "ann-token-2", "DESK_BOB_TOKEN": "bob-token-2",
 }
 
 
