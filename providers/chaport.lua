@@ -52,17 +52,7 @@ end
 local function api_base(inst) return ((inst.api_base or DEFAULT_API_BASE):gsub("/+$", "")) end
 local function key(name, ...) return "chaport:" .. name .. ":" .. table.concat({ ... }, ":") end
 
--- "a.b.1.c" in a decoded JSON value; JSON null is absent.
-local function at(value, path)
-  if type(path) ~= "string" or path == "" then return nil end
-  for part in path:gmatch("[^.]+") do
-    if type(value) ~= "table" then return nil end
-    local i = math.tointeger(tonumber(part))
-    if i and value[i] ~= nil then value = value[i] else value = value[part] end
-  end
-  if value == json.null then return nil end
-  return value
-end
+local at = S.at
 
 -- Text with "{name}" replaced from values; a table, each of its strings.
 local function fill(template, values)

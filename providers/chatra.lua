@@ -60,14 +60,7 @@ local CustomKey = S.string{ max = 64, nonempty = true }
 
 local EVENTS = { chatStarted = true, chatFragment = true, chatTranscript = true }
 
-local function walk(obj, path)
-  local v = obj
-  for part in path:gmatch("[^.]+") do
-    if type(v) ~= "table" then return nil end
-    v = v[part]
-  end
-  return v
-end
+local walk = S.at
 
 -- The first of the paths (a string or a list) that gives a value `schema` takes.
 local function first_of(paths, obj, schema)

@@ -152,14 +152,7 @@ end
 
 -- "a.b.c" -> a function of the checked body that walks that path.
 local function path_getter(path)
-  return function(body)
-    local v = body
-    for part in path:gmatch("[^.]+") do
-      if type(v) ~= "table" then return nil end
-      v = v[part]
-    end
-    return v
-  end
+  return function(body) return S.at(body, path) end
 end
 
 local function event_key(ep, name, id)

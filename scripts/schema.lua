@@ -20,6 +20,20 @@ local tointeger, ulen = math.tointeger, utf8.len
 local null = json.null
 
 function S.is_null(x) return x == nil or x == null end
+
+-- The value at a dotted path ("a.b.1.c": names, and array indexes from 1)
+-- in a decoded JSON value, or nil; JSON null is absent. For platforms
+-- whose payload paths are the integrator's to configure.
+function S.at(value, path)
+  if type(path) ~= "string" or path == "" then return nil end
+  for part in path:gmatch("[^.]+") do
+    if type(value) ~= "table" then return nil end
+    local i = math.tointeger(tonumber(part))
+    if i and value[i] ~= nil then value = value[i] else value = value[part] end
+  end
+  if value == null then return nil end
+  return value
+end
 local is_null = S.is_null
 
 -- True for a table decoded from a JSON array (or an empty object, which
