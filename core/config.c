@@ -516,8 +516,9 @@ void sb_config_push_view(const struct sb_config *cfg, lua_State *L)
 }
 
 /* A secret for an outbound call: a string (or number) under channels.,
- * desks. or bots. of this config; NULL otherwise. Only instance settings
- * can be named, so a template cannot reach the admin or API tokens. */
+ * desks., bots. or notify. (the rules' notification targets) of this
+ * config; NULL otherwise. Only instance settings can be named, so a
+ * template cannot reach the admin or API tokens. */
 char *sb_config_secret(const struct sb_config *cfg, const char *path)
 {
     lua_State *L = cfg->L;
@@ -525,7 +526,8 @@ char *sb_config_secret(const struct sb_config *cfg, const char *path)
     const char *p = path, *dot;
     char *out = NULL;
     int top = lua_gettop(L);
-    if (strncmp(path, "channels.", 9) && strncmp(path, "desks.", 6) && strncmp(path, "bots.", 5))
+    if (strncmp(path, "channels.", 9) && strncmp(path, "desks.", 6) && strncmp(path, "bots.", 5) &&
+        strncmp(path, "notify.", 7))
         return NULL;
     lua_rawgeti(L, LUA_REGISTRYINDEX, cfg->table_ref);
     for (;;) {

@@ -25,7 +25,7 @@ channels.registry = registry
 -- A reference to a secret of the config for an outbound call: the outbox
 -- stores "${section.name.key}" and fills the value in when it makes the
 -- call, so a token never sits in the store, a dead letter or a log line
--- (docs/security.md). section is "channels", "desks" or "bots".
+-- (docs/security.md). section is "channels", "desks", "bots" or "notify".
 function channels.secret_ref(section, name, key)
   if type(name) ~= "string" or not name:match("^[%w_%-]+$") then
     error("instance name '" .. tostring(name) .. "' cannot name a secret: use letters, digits, _ and -", 2)

@@ -269,7 +269,9 @@ function builtin.open(name, inst, conv, group, opts)
   if #lines > 0 then
     conv:append{ author = { kind = "note", name = "bot" }, text = table.concat(lines, "\n") }
   end
-  if conv.status ~= "open" then conv:set{ status = "open" } end
+  -- a case the client comes back to keeps its status (a rule may act on
+  -- "resumed while pending"); anything else is an open case
+  if not CASE_STATUSES[conv.status] then conv:set{ status = "open" } end
   helpdesk.offer_soon(name, conv)
 end
 
