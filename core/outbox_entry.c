@@ -182,8 +182,11 @@ static const char *check_new(const struct sb_outbox_new *n)
 {
     if (!n->lane || !n->kind || !n->target || (strcmp(n->kind, "http") && strcmp(n->kind, "job")))
         return "lane, kind (http|job) and target are required";
-    if (!strcmp(n->kind, "http") && (!n->url || (strncasecmp(n->url, "http://", 7) && strncasecmp(n->url, "https://", 8))))
-        return "url must start with http:// or https://";
+    /* a URL that is itself a secret of the config (a Slack webhook) is
+     * checked when it is filled in, at each attempt */
+    if (!strcmp(n->kind, "http") && (!n->url || (strncasecmp(n->url, "http://", 7) && strncasecmp(n->url, "https://", 8) &&
+                                                 strncmp(n->url, "${", 2))))
+        return "url must start with http://, https:// or a ${...} reference";
     if (n->headers && strchr(n->headers, '\r'))
         return "headers must not contain CR";
     if (n->hints)

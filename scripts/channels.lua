@@ -33,10 +33,13 @@ function channels.secret_ref(section, name, key)
   return "${" .. section .. "." .. name .. "." .. key .. "}"
 end
 
--- The kind of an instance's channel, for rules and filters: what its
--- adapter says (`adapter.kind`: website live chats are "live_chat"), else "messaging".
+-- The kind of an instance's channel, for rules and filters: the instance's
+-- own `kind` (a generic webhook channel behind a site's chat widget is a
+-- live chat too), else what its adapter says (`adapter.kind`: website live
+-- chats are "live_chat"), else "messaging".
 function channels.kind(name)
-  local adapter = channels.resolve(name)
+  local adapter, inst = channels.resolve(name)
+  if inst and type(inst.kind) == "string" then return inst.kind end
   return adapter and adapter.kind or "messaging"
 end
 

@@ -222,7 +222,8 @@ end
 local function recording(id)
   local text = conversations.read("conversation", { id = id, messages = 0 })
   if not text or text == "null" then http_error(404, "not_found", "no such conversation") end
-  local c = json.decode(text)
+  local c = json.decode(text).conversation
+  for k, val in pairs(c) do if val == json.null then c[k] = nil end end
   local msgs = {}
   for _, m in ipairs(read_all("messages", { id = id })) do msgs[m.id] = m end
   local events = {}

@@ -64,7 +64,7 @@ spec("5. a queued chat nobody answered for 5 minutes goes to the fallback group"
   eq(done[1].conversation, waiting.id)
   eq(actions(done), {
     { assign_group = "fallback" }, { add_tag = "reassigned" },
-    { note = "No agent answered for 5 minutes: moved to the fallback group." },
+    { note = "No agent answered in time: moved to the fallback group." },
   })
   local moved = live_chat{ group = "fallback", messages = { { "client", "hello?", created = now() - 400 } } }
   eq(tick("reassign-unanswered-to-fallback", { moved }), {}, "once in the fallback group it stays")
