@@ -1,4 +1,5 @@
-/* Core bindings: log, now, sleep, config, route, http_error. */
+/* Core bindings: log, now, sleep, config, route, http_error, bounded,
+ * generation. */
 #include "bind_core.h"
 
 #include <math.h>
@@ -192,6 +193,56 @@ static int http_error_tostring(lua_State *L)
     return 1;
 }
 
+/* bounded(ms, fn, ...): see sb_job_bound_open in job.h. The stack holds
+ * [true, results...] once fn returned, [true, error] once it raised. */
+static int bounded_end(lua_State *L, int status, lua_KContext level)
+{
+    char msg[300];
+    switch (sb_job_bound_close(L, (int)level, msg, sizeof msg)) {
+    case SB_BOUND_PROPAGATE:
+        return sb_job_bound_raise(L);
+    case SB_BOUND_EXCEEDED:
+        lua_pushboolean(L, 0);
+        lua_pushstring(L, msg);
+        return 2;
+    case SB_BOUND_WITHIN:
+        break;
+    }
+    if (status == LUA_OK || status == LUA_YIELD)
+        return lua_gettop(L);
+    lua_pushboolean(L, 0);
+    lua_replace(L, 1);
+    return 2;
+}
+
+static int bounded_binding(lua_State *L)
+{
+    struct sb_runtime *rt = sb_runtime_of(L);
+    lua_Integer ms = luaL_checkinteger(L, 1);
+    int nargs = lua_gettop(L) - 2, level;
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (ms < 1 || (double)ms > rt->cfg->cpu_ms_per_job)
+        return luaL_argerror(L, 1, lua_pushfstring(L, "ms must be from 1 to %d (lua.cpu_ms_per_job)",
+                                                   (int)rt->cfg->cpu_ms_per_job));
+    level = sb_job_bound_open(L, (int)ms);
+    lua_pushboolean(L, 1);
+    lua_replace(L, 1);
+    /* fn may wait (conversations.get) in the job's own coroutine; in one
+     * the script made, a yield out of fn would leave the bound open while
+     * other code runs, so there it is refused as across any C call. */
+    if (sb_job_can_wait(L))
+        return bounded_end(L, lua_pcallk(L, nargs, LUA_MULTRET, 0, level, bounded_end), level);
+    return bounded_end(L, lua_pcall(L, nargs, LUA_MULTRET, 0), level);
+}
+
+/* generation(): the generation of the runtime this code runs in (a job
+ * started before a reload finishes on the runtime it started on). */
+static int generation_binding(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)sb_runtime_of(L)->generation);
+    return 1;
+}
+
 void sb_bind_core_open(struct sb_runtime *rt)
 {
     static const luaL_Reg log_funcs[] = {
@@ -208,6 +259,10 @@ void sb_bind_core_open(struct sb_runtime *rt)
     lua_setglobal(L, "sleep");
     lua_pushcfunction(L, route_binding);
     lua_setglobal(L, "route");
+    lua_pushcfunction(L, bounded_binding);
+    lua_setglobal(L, "bounded");
+    lua_pushcfunction(L, generation_binding);
+    lua_setglobal(L, "generation");
 
     lua_createtable(L, 0, 2);
     lua_pushcfunction(L, http_error_tostring);

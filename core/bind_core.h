@@ -1,4 +1,5 @@
-/* Bindings: log, now, sleep, config, route, http_error (and json). */
+/* Bindings: log, now, sleep, config, route, http_error, bounded,
+ * generation (and json). */
 #ifndef SB_BIND_CORE_H
 #define SB_BIND_CORE_H
 

@@ -339,7 +339,7 @@ static void run(struct sb_bus_attempt *a, const struct sb_bus_dispatch *d)
         lua_replace(co, -3);
         lua_pop(co, 1);
     }
-    lua_createtable(co, 0, 5);
+    lua_createtable(co, 0, 6);
     lua_pushinteger(co, (lua_Integer)ev->id);
     lua_setfield(co, -2, "id");
     lua_pushstring(co, ev->name);
@@ -352,6 +352,9 @@ static void run(struct sb_bus_attempt *a, const struct sb_bus_dispatch *d)
     lua_setfield(co, -2, "at");
     lua_pushinteger(co, d->attempt);
     lua_setfield(co, -2, "attempt");
+    /* how many handlers in a row led to it: a rule's own loop guard */
+    lua_pushinteger(co, ev->depth);
+    lua_setfield(co, -2, "depth");
     lua_pushstring(co, ev->data);
     sb_job_start(job, 3);
 }

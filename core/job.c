@@ -58,6 +58,57 @@ static void check_budget(struct sb_job *job)
     }
 }
 
+/* CPU the job has used so far, the resume under way included. */
+static double job_cpu_ms(const struct sb_job *job)
+{
+    return job->cpu_ms + (sb_now_mono() - job->resume_started) * 1000.0;
+}
+
+/* The level of the outermost bounded call over its allowance, or 0. Once
+ * found, that one stays until its call closes: the error raised for it
+ * must reach that call, whatever inner bounds run out meanwhile. */
+static int bound_exceeded(struct sb_job *job)
+{
+    double used;
+    int i;
+    if (job->bound_over || !job->nbounds)
+        return job->bound_over;
+    used = job_cpu_ms(job);
+    for (i = 0; i < job->nbounds; i++) {
+        if (used - job->bounds[i].cpu_at_start > job->bounds[i].ms) {
+            job->bound_over = i + 1;
+            job->bound_where[0] = '\0';
+            return job->bound_over;
+        }
+    }
+    return 0;
+}
+
+/* Like a stop, the error comes again at every instruction (a pcall inside
+ * the bounded function cannot keep it) until the bounded call, C code
+ * where no hook fires, closes the bound. */
+static int raise_bound(lua_State *L, struct sb_job *job)
+{
+    const struct sb_job_bound *b = &job->bounds[job->bound_over - 1];
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    lua_pushfstring(L, "budget exceeded: %d ms at %s", b->ms, job->bound_where[0] ? job->bound_where : "?");
+    return lua_error(L);
+}
+
+/* The position of the innermost script function from `level` up: C
+ * functions (a pattern function called by bounded()) have no line, and the
+ * prelude is the engine's. Leaves buf alone when there is none. */
+static void script_where(lua_State *L, int level, char *buf, size_t size)
+{
+    lua_Debug ar;
+    for (; level < 50 && lua_getstack(L, level, &ar); level++) {
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0 && strcmp(ar.short_src, "prelude") != 0) {
+            snprintf(buf, size, "%s:%d", ar.short_src, ar.currentline);
+            return;
+        }
+    }
+}
+
 void sb_job_budget_check(lua_State *L)
 {
     struct sb_job *job = running;
@@ -65,11 +116,15 @@ void sb_job_budget_check(lua_State *L)
         return;
     check_budget(job);
     if (job->kill_reason) {
-        lua_Debug ar;
-        if (!job->kill_where[0] && lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar))
-            snprintf(job->kill_where, sizeof job->kill_where, "%s:%d", ar.short_src, ar.currentline);
+        if (!job->kill_where[0])
+            script_where(L, 1, job->kill_where, sizeof job->kill_where);
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
         luaL_error(L, "script stopped: %s budget exceeded", job->kill_reason);
+    }
+    if (bound_exceeded(job)) {
+        if (!job->bound_where[0])
+            script_where(L, 1, job->bound_where, sizeof job->bound_where);
+        raise_bound(L, job);
     }
 }
 
@@ -87,6 +142,62 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
         luaL_error(L, "script stopped: %s budget exceeded", job->kill_reason);
     }
+    if (bound_exceeded(job)) {
+        if (!job->bound_where[0])
+            script_where(L, 0, job->bound_where, sizeof job->bound_where);
+        raise_bound(L, job);
+    }
+    /* nothing ran out (any more): the bounded call that had closed its
+     * bound, so back to checking at the cheap pace */
+    if (lua_gethookcount(L) != HOOK_EVERY)
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+}
+
+int sb_job_bound_open(lua_State *L, int ms)
+{
+    struct sb_job *job = running;
+    struct sb_job_bound *b;
+    if (!job)
+        return luaL_error(L, "bounded: no job is running");
+    if (job->nbounds >= SB_JOB_BOUNDS_MAX)
+        return luaL_error(L, "bounded: calls nested more than %d deep", SB_JOB_BOUNDS_MAX);
+    b = &job->bounds[job->nbounds++];
+    b->cpu_at_start = job_cpu_ms(job);
+    b->ms = ms;
+    return job->nbounds;
+}
+
+enum sb_bound_end sb_job_bound_close(lua_State *L, int level, char *msg, size_t msg_size)
+{
+    struct sb_job *job = running;
+    (void)L;
+    if (!job)
+        return SB_BOUND_WITHIN;
+    /* inner levels are closed already, unless an error skipped them */
+    if (job->nbounds >= level)
+        job->nbounds = level - 1;
+    if (job->kill_reason || (job->bound_over && job->bound_over < level))
+        return SB_BOUND_PROPAGATE;
+    if (job->bound_over == level) {
+        snprintf(msg, msg_size, "budget exceeded: %d ms at %s", job->bounds[level - 1].ms,
+                 job->bound_where[0] ? job->bound_where : "?");
+        job->bound_over = 0;
+        return SB_BOUND_EXCEEDED;
+    }
+    job->bound_over = 0;
+    return SB_BOUND_WITHIN;
+}
+
+int sb_job_bound_raise(lua_State *L)
+{
+    struct sb_job *job = running;
+    if (job && job->kill_reason) {
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+        return luaL_error(L, "script stopped: %s budget exceeded", job->kill_reason);
+    }
+    if (job && job->bound_over)
+        return raise_bound(L, job);
+    return luaL_error(L, "budget exceeded");
 }
 
 static void wake_unlink(struct sb_job *job)
@@ -207,16 +318,9 @@ static void log_kill(struct sb_job *job)
  * running or waiting when the job was stopped). */
 static void find_script_position(struct sb_job *job)
 {
-    lua_Debug ar;
-    int level;
     if (job->kill_where[0] || !job->co || job->kind == SB_JOB_LOAD)
         return;
-    for (level = 0; level < 50 && lua_getstack(job->co, level, &ar); level++) {
-        if (lua_getinfo(job->co, "Sl", &ar) && ar.currentline > 0 && strcmp(ar.short_src, "prelude") != 0) {
-            snprintf(job->kill_where, sizeof job->kill_where, "%s:%d", ar.short_src, ar.currentline);
-            return;
-        }
-    }
+    script_where(job->co, 0, job->kill_where, sizeof job->kill_where);
 }
 
 static void finish_killed(struct sb_job *job)

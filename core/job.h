@@ -43,6 +43,17 @@ struct sb_job_outcome {
     uint64_t seq;             /* SB_JOB_DONE: the store batch an answer waits for (0: none) */
 };
 
+/* Bounded calls (bounded() in bind_core.c) open inside one another at most
+ * this deep. */
+#define SB_JOB_BOUNDS_MAX 16
+
+/* One open bounded call: its CPU allowance, counted from the job's CPU
+ * time when it opened (so time the job spends waiting is not counted). */
+struct sb_job_bound {
+    double cpu_at_start;          /* the job's CPU ms when the call began */
+    int ms;                       /* allowance */
+};
+
 struct sb_job;
 typedef void (*sb_job_done_fn)(struct sb_job *job, const struct sb_job_outcome *outcome);
 typedef void (*sb_job_cancel_fn)(struct sb_job *job, void *wait);
@@ -76,6 +87,10 @@ struct sb_job {
     int answered;                 /* values an answer left before the job could yield */
     struct sb_job *prev, *next;
     struct sb_job *next_wake;
+    struct sb_job_bound bounds[SB_JOB_BOUNDS_MAX];   /* open bounded calls, outermost first */
+    int nbounds;
+    int bound_over;               /* 1-based level of the bound found exceeded, 0: none */
+    char bound_where[200];        /* script position where it was found exceeded */
 };
 
 /* Creates a job on rt. Push the function and its arguments on job->co,
@@ -127,6 +142,28 @@ int sb_job_unpin(struct sb_job *job);
  * cannot be cancelled; its callback calls sb_job_unpin, then sb_job_answer
  * unless the job ended meanwhile). */
 void sb_job_wait_store(struct sb_job *job);
+
+/* Bounded calls: a part of a job with a CPU allowance of its own that a
+ * script survives (bounded(ms, fn, ...)). While the part runs over its
+ * allowance the budget hook raises "budget exceeded: <ms> ms at
+ * <file:line>" at every instruction, as for a stopped job, so only the
+ * bounded call that opened it (a C function, where no hook fires) ends
+ * it. An outer bound found exceeded, or the job's own stop, goes through
+ * the inner calls to the outer one or to the core.
+ *
+ * sb_job_bound_open raises outside a job, over SB_JOB_BOUNDS_MAX deep, or
+ * for ms outside 1..lua.cpu_ms_per_job; it returns the bound's level.
+ * sb_job_bound_close closes that level (and any inner one an error left)
+ * and says how the call ends: */
+enum sb_bound_end {
+    SB_BOUND_WITHIN,      /* the call ends as fn did */
+    SB_BOUND_EXCEEDED,    /* this bound ran out: msg holds the message */
+    SB_BOUND_PROPAGATE    /* an outer bound or the job's own budget ran out: raise on (sb_job_bound_raise) */
+};
+int sb_job_bound_open(struct lua_State *L, int ms);
+enum sb_bound_end sb_job_bound_close(struct lua_State *L, int level, char *msg, size_t msg_size);
+/* Raises the error of what ran out (for SB_BOUND_PROPAGATE); never returns. */
+int sb_job_bound_raise(struct lua_State *L);
 
 /* The job whose coroutine is running now (NULL between resumes). */
 struct sb_job *sb_job_running(void);

@@ -56,7 +56,16 @@ function wait_upstream(req)
   local status = http.request{url = config.upstream .. "/hang", timeout = 60}
   return 200, "upstream answered"
 end
+function bounded_spin(req)
+  -- a runaway, one whose pcall tries to keep going, and one after a wait
+  local ok, msg = bounded(50, function() while true do end end)
+  local stubborn = { bounded(50, function() while true do pcall(function() while true do end end) end end) }
+  local waited = { bounded(50, function() sleep(0.01) while true do end end) }
+  local fine = { bounded(50, function(a, b) return a .. b end, "went ", "on") }
+  return 200, { ok = ok, message = msg, stubborn = stubborn, waited = waited, fine = fine }
+end
 function ok(req) return 200, "ok" end
+route("GET", "/bounded-spin", "bounded_spin")
 route("GET", "/spin", "spin")
 route("GET", "/pcall-spin", "pcall_spin")
 route("GET", "/pcall-loop-spin", "pcall_loop_spin")
@@ -129,6 +138,21 @@ def test_job_timeout_while_sleeping_is_504(budget_daemon):
 
 def test_job_timeout_while_waiting_on_upstream_is_504(budget_daemon):
     assert_stopped(budget_daemon, "/wait-upstream", "deadline", status=504, code="job_timeout")
+
+
+def test_a_runaway_under_bounded_comes_back_and_the_request_answers(budget_daemon):
+    d = budget_daemon
+    resp = d.get("/bounded-spin")
+    assert resp.status == 200, resp
+    body = resp.json()
+    assert body["ok"] is False
+    assert body["message"].startswith("budget exceeded: 50 ms at scripts/budget.lua:"), body
+    assert body["stubborn"][0] is False and body["stubborn"][1].startswith("budget exceeded: 50 ms at "), body
+    assert body["waited"][0] is False and body["waited"][1].startswith("budget exceeded: 50 ms at "), body
+    assert body["fine"] == [True, "went on"]
+    # not a stop: nothing counted or logged as one
+    assert d.metric("switchboard_budget_kills_total", reason="cpu") == 0
+    assert not d.find_logs(msg="script stopped")
 
 
 def test_repeated_kills_do_not_degrade_the_engine(budget_daemon):

@@ -36,7 +36,7 @@ RECORDER = """
 function record(key, ev)
   local list = state.get("seen:" .. key) or {}
   list[#list + 1] = { id = ev.id, name = ev.name, conversation = ev.conversation, data = ev.data,
-                      attempt = ev.attempt }
+                      attempt = ev.attempt, depth = ev.depth }
   state.set("seen:" .. key, list)
 end
 
@@ -294,6 +294,24 @@ function never() state.set("timer_ran", true) end
     assert daemon.get("/test/state?key=touched").json().get("value") is None
     assert daemon.get("/test/state?key=timer_ran").json().get("value") is None
     assert not [e for e in seen(daemon) if e["name"] == "tag.added"]
+
+
+def test_event_depth_counts_the_handlers_that_led_to_it(fakes, daemon):
+    rules = """
+events.on("message.created", function(ev)
+  local text = ev.data.text
+  if ev.data.author.kind == "client" then text = "noted" elseif text == "noted" then text = "noted again"
+  else return end
+  conversations.get(ev.conversation):append{ author = { kind = "system" }, text = text }
+end, { id = "noter" })
+events.on("message.created", function(ev) record("all", ev) end, { id = "all" })
+"""
+    api, _cb = echo_daemon(daemon, fakes, rules)
+    conv_id = api.send("c-1", "hello")["conversation_id"]
+    evs = wait_seen(daemon, lambda e: len(messages(e, conv_id)) == 4)
+    depths = {m["data"]["text"]: m["depth"] for m in messages(evs, conv_id)}
+    # the request's own messages, then one and two handlers in a row
+    assert depths == {"hello": 0, "you said: hello": 0, "noted": 1, "noted again": 2}
 
 
 def test_a_burst_is_held_a_window_at_a_time_and_handled_in_order(fakes, daemon):

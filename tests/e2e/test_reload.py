@@ -339,3 +339,35 @@ def test_job_in_flight_finishes_on_its_runtime_which_then_closes(v1_daemon):
     assert result["resp"].status == 200
     assert result["resp"].text == "v1"
     wait_until(lambda: d.metric("switchboard_runtimes_live") == 1, message="retired runtime closed")
+
+
+def test_generation_names_the_runtime_the_code_runs_in(daemon, fake_server):
+    """generation(): +1 per reload; a job that began before a reload ends on
+    its runtime and still says its number."""
+    gate = threading.Event()
+    upstream = fake_server(gate=gate)
+    daemon.write_config(upstream=upstream.url)
+    daemon.write_script("scripts/gen.lua", """
+        function gen(req) return 200, { generation = generation() } end
+        function gen_after_wait(req)
+          local before = generation()
+          http.request{ url = config.upstream .. "/wait" }
+          return 200, { before = before, after = generation() }
+        end
+        route("GET", "/gen", "gen")
+        route("GET", "/gen-after-wait", "gen_after_wait")
+    """)
+    daemon.start()
+    assert daemon.get("/gen").json() == {"generation": 1}
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("resp", daemon.get("/gen-after-wait")))
+    t.start()
+    upstream.wait_for_requests(1)
+    assert daemon.reload_ok() == 2
+    assert daemon.get("/gen").json() == {"generation": 2}
+    gate.set()
+    t.join(10)
+    assert result["resp"].status == 200, result["resp"]
+    assert result["resp"].json() == {"before": 1, "after": 1}
+    assert daemon.reload_ok() == 3
+    assert daemon.get("/gen").json() == {"generation": daemon.generation()} == {"generation": 3}

@@ -9,7 +9,7 @@ int harness_current_failed;
 
 int main(void)
 {
-    const struct test_case *suites[] = { util_tests, route_tests, kv_tests, config_tests, runtime_tests, conv_tests, store_tests, schedule_tests, conn_tests, log_tests, lpattern_tests, crypto_tests, outbox_response_tests, bus_tests, counters_tests };
+    const struct test_case *suites[] = { util_tests, route_tests, kv_tests, config_tests, runtime_tests, conv_tests, store_tests, schedule_tests, conn_tests, log_tests, lpattern_tests, crypto_tests, outbox_response_tests, bus_tests, counters_tests, bounded_tests };
     size_t s;
     int passed = 0, failed = 0;
     sb_base = event_base_new();

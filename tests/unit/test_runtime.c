@@ -14,55 +14,6 @@
 #include "tests.h"
 #include "txn.h"
 
-/* Builds a runtime over a fresh folder holding `files` (name, content pairs). */
-static struct sb_runtime *build(const char *const *files, struct sb_error *err, const char *extra_config)
-{
-    const char *dir = fixture_dir();
-    char conf[2048], path[512];
-    struct sb_config *cfg;
-    struct sb_runtime *rt;
-    size_t i;
-    for (i = 0; files[i]; i += 2)
-        fixture_write(dir, files[i], files[i + 1]);
-    snprintf(conf, sizeof conf,
-             "return { paths = { scripts = '%s/scripts', providers = '%s/providers', rules = '%s/rules' },"
-             " lua = { cpu_ms_per_resume = 50, cpu_ms_per_job = 200, memory_limit_mb = 8 }, %s }",
-             dir, dir, dir, extra_config ? extra_config : "");
-    fixture_write(dir, "conf.lua", conf);
-    snprintf(path, sizeof path, "%s/conf.lua", dir);
-    memset(err, 0, sizeof *err);
-    cfg = sb_config_load(path, NULL, err);
-    if (!cfg)
-        return NULL;
-    {
-        struct sb_txn *txn = sb_txn_new();
-        rt = sb_load_runtime(cfg, 1, txn, err, NULL);
-        sb_txn_abort(txn);   /* no store here: what a load wrote is dropped */
-    }
-    sb_config_unref(cfg);
-    return rt;
-}
-
-/* A build that must succeed: a failure is a failed check, with the error. */
-static struct sb_runtime *build_ok(const char *const *files)
-{
-    struct sb_error err;
-    struct sb_runtime *rt = build(files, &err, NULL);
-    CHECK(rt != NULL);
-    if (!rt)
-        fprintf(stderr, "  %s:%d: %s\n", err.file, err.line, err.message);
-    return rt;
-}
-
-static const char *global_string(struct sb_runtime *rt, const char *name)
-{
-    static char buf[256];
-    lua_getglobal(rt->L, name);
-    snprintf(buf, sizeof buf, "%s", lua_tostring(rt->L, -1) ? lua_tostring(rt->L, -1) : "(nil)");
-    lua_pop(rt->L, 1);
-    return buf;
-}
-
 static void test_loads_in_order_and_routes(void)
 {
     static const char *const files[] = {
@@ -74,7 +25,7 @@ static void test_loads_in_order_and_routes(void)
         "scripts/lib/skip.lua", "trace.order = trace.order .. 'SKIPPED'",
         NULL,
     };
-    struct sb_runtime *rt = build_ok(files);
+    struct sb_runtime *rt = fixture_runtime_ok(files);
     struct sb_route_match m;
     char allow[64];
     int known;
@@ -96,7 +47,7 @@ static void test_syntax_error_position(void)
 {
     static const char *const files[] = { "scripts/bad.lua", "local a = 1\nlocal b = 2\nfunction (\n", NULL };
     struct sb_error err;
-    CHECK(build(files, &err, NULL) == NULL);
+    CHECK(fixture_runtime(files, &err, NULL) == NULL);
     CHECK(strstr(err.file, "scripts/bad.lua") != NULL);
     CHECK(err.line == 3);
 }
@@ -105,7 +56,7 @@ static void test_runtime_error_position(void)
 {
     static const char *const files[] = { "rules/oops.lua", "local t = nil\nlocal x = t.field\n", NULL };
     struct sb_error err;
-    CHECK(build(files, &err, NULL) == NULL);
+    CHECK(fixture_runtime(files, &err, NULL) == NULL);
     CHECK(strstr(err.file, "rules/oops.lua") != NULL);
     CHECK(err.line == 2);
     CHECK(strstr(err.message, "index a nil value") != NULL);
@@ -119,12 +70,12 @@ static void test_route_checks(void)
     static const char *const dotted[] = { "scripts/r.lua", "m = { h = function() end }\nroute('*', '/a', 'm.h')", NULL };
     struct sb_error err;
     struct sb_runtime *rt;
-    CHECK(build(missing, &err, NULL) == NULL);
+    CHECK(fixture_runtime(missing, &err, NULL) == NULL);
     CHECK(err.line == 2 && strstr(err.message, "nope") != NULL);
-    CHECK(build(dup, &err, NULL) == NULL);
+    CHECK(fixture_runtime(dup, &err, NULL) == NULL);
     CHECK(err.line == 3 && strstr(err.message, "already registered") != NULL);
-    CHECK(build(method, &err, NULL) == NULL);
-    rt = build(dotted, &err, NULL);
+    CHECK(fixture_runtime(method, &err, NULL) == NULL);
+    rt = fixture_runtime(dotted, &err, NULL);
     CHECK(rt != NULL);
     if (rt)
         sb_runtime_unref(rt);
@@ -152,25 +103,25 @@ static void test_sandbox(void)
         "scripts/lib/helper.lua", "return { name = 'helper' }",
         NULL,
     };
-    struct sb_runtime *rt = build_ok(files);
+    struct sb_runtime *rt = fixture_runtime_ok(files);
     if (!rt)
         return;
-    CHECK_STR(global_string(rt, "r_io"), "nil");
-    CHECK_STR(global_string(rt, "r_exec"), "nil");
-    CHECK_STR(global_string(rt, "r_exit"), "nil");
-    CHECK_STR(global_string(rt, "r_loadfile"), "nil");
-    CHECK_STR(global_string(rt, "r_dofile"), "nil");
-    CHECK_STR(global_string(rt, "r_debug"), "nil");
-    CHECK_STR(global_string(rt, "r_time"), "function");
-    CHECK(strstr(global_string(rt, "r_binary"), "binary") != NULL);
-    CHECK(strstr(global_string(rt, "r_req_bad"), "not found") != NULL);
-    CHECK(strstr(global_string(rt, "r_req_up"), "bad module name") != NULL);
-    CHECK_STR(global_string(rt, "r_req_ok"), "helper");
-    CHECK_STR(global_string(rt, "r_req_same"), "true");
-    CHECK_STR(global_string(rt, "r_cfg_write"), "false");
-    CHECK_STR(global_string(rt, "r_cfg_read"), "yes");
-    CHECK(strstr(global_string(rt, "r_json"), "\"a\":[1,2]") != NULL);
-    CHECK(strstr(global_string(rt, "r_json"), "\"b\":null") != NULL);
+    CHECK_STR(fixture_global(rt, "r_io"), "nil");
+    CHECK_STR(fixture_global(rt, "r_exec"), "nil");
+    CHECK_STR(fixture_global(rt, "r_exit"), "nil");
+    CHECK_STR(fixture_global(rt, "r_loadfile"), "nil");
+    CHECK_STR(fixture_global(rt, "r_dofile"), "nil");
+    CHECK_STR(fixture_global(rt, "r_debug"), "nil");
+    CHECK_STR(fixture_global(rt, "r_time"), "function");
+    CHECK(strstr(fixture_global(rt, "r_binary"), "binary") != NULL);
+    CHECK(strstr(fixture_global(rt, "r_req_bad"), "not found") != NULL);
+    CHECK(strstr(fixture_global(rt, "r_req_up"), "bad module name") != NULL);
+    CHECK_STR(fixture_global(rt, "r_req_ok"), "helper");
+    CHECK_STR(fixture_global(rt, "r_req_same"), "true");
+    CHECK_STR(fixture_global(rt, "r_cfg_write"), "false");
+    CHECK_STR(fixture_global(rt, "r_cfg_read"), "yes");
+    CHECK(strstr(fixture_global(rt, "r_json"), "\"a\":[1,2]") != NULL);
+    CHECK(strstr(fixture_global(rt, "r_json"), "\"b\":null") != NULL);
     sb_runtime_unref(rt);
 }
 
@@ -181,17 +132,17 @@ static void test_load_budgets(void)
     static const char *const wait[] = { "scripts/wait.lua", "sleep(1)", NULL };
     struct sb_error err;
     unsigned long long cpu = sb_job_counters()->kills_cpu, mem = sb_job_counters()->kills_memory;
-    CHECK(build(spin, &err, NULL) == NULL);
+    CHECK(fixture_runtime(spin, &err, NULL) == NULL);
     CHECK(strstr(err.message, "cpu budget") != NULL);
     CHECK(strstr(err.file, "spin.lua") != NULL && err.line == 2);
     CHECK(sb_job_counters()->kills_cpu == cpu + 1);
     /* CPU to spare: on a loaded machine the bomb must still meet the memory cap first */
-    CHECK(build(bomb, &err, "lua = { cpu_ms_per_resume = 10000, cpu_ms_per_job = 10000, memory_limit_mb = 8 }") == NULL);
+    CHECK(fixture_runtime(bomb, &err, "lua = { cpu_ms_per_resume = 10000, cpu_ms_per_job = 10000, memory_limit_mb = 8 }") == NULL);
     if (!strstr(err.message, "memory budget"))
         fprintf(stderr, "  bomb: %s:%d: %s\n", err.file, err.line, err.message);
     CHECK(strstr(err.message, "memory budget") != NULL);
     CHECK(sb_job_counters()->kills_memory == mem + 1);
-    CHECK(build(wait, &err, NULL) == NULL);
+    CHECK(fixture_runtime(wait, &err, NULL) == NULL);
     CHECK(strstr(err.message, "load time") != NULL);
 }
 
@@ -216,22 +167,22 @@ static void test_json_array(void)
         "r_decoded = json.encode(json.decode('{\"l\":[]}'))\n",
         NULL,
     };
-    struct sb_runtime *rt = build_ok(files);
+    struct sb_runtime *rt = fixture_runtime_ok(files);
     if (!rt)
         return;
-    CHECK_STR(global_string(rt, "r_field"), "{\"tags\":[]}");
-    CHECK_STR(global_string(rt, "r_top"), "[]");
-    CHECK_STR(global_string(rt, "r_plain"), "{\"e\":{}}");
-    CHECK_STR(global_string(rt, "r_filled"), "[\"x\"]");
-    CHECK_STR(global_string(rt, "r_emptied"), "{\"u\":[]}");
-    CHECK(strstr(global_string(rt, "r_nested"), "\"a\":[[],{\"b\":[]}]") != NULL);
-    CHECK(strstr(global_string(rt, "r_nested"), "\"c\":{}") != NULL);
-    CHECK_STR(global_string(rt, "r_same"), "true");
-    CHECK(strstr(global_string(rt, "r_bad"), "table or nil") != NULL);
-    CHECK_STR(global_string(rt, "r_restored"), "true");
-    CHECK_STR(global_string(rt, "r_string"), "{\"s\":\"[\\\"sb-empty-array-\\\"]\"}");
+    CHECK_STR(fixture_global(rt, "r_field"), "{\"tags\":[]}");
+    CHECK_STR(fixture_global(rt, "r_top"), "[]");
+    CHECK_STR(fixture_global(rt, "r_plain"), "{\"e\":{}}");
+    CHECK_STR(fixture_global(rt, "r_filled"), "[\"x\"]");
+    CHECK_STR(fixture_global(rt, "r_emptied"), "{\"u\":[]}");
+    CHECK(strstr(fixture_global(rt, "r_nested"), "\"a\":[[],{\"b\":[]}]") != NULL);
+    CHECK(strstr(fixture_global(rt, "r_nested"), "\"c\":{}") != NULL);
+    CHECK_STR(fixture_global(rt, "r_same"), "true");
+    CHECK(strstr(fixture_global(rt, "r_bad"), "table or nil") != NULL);
+    CHECK_STR(fixture_global(rt, "r_restored"), "true");
+    CHECK_STR(fixture_global(rt, "r_string"), "{\"s\":\"[\\\"sb-empty-array-\\\"]\"}");
     /* decoding gives plain tables: an empty list comes back as {} */
-    CHECK_STR(global_string(rt, "r_decoded"), "{\"l\":{}}");
+    CHECK_STR(fixture_global(rt, "r_decoded"), "{\"l\":{}}");
     sb_runtime_unref(rt);
 }
 

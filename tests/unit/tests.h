@@ -16,4 +16,5 @@ extern const struct test_case crypto_tests[];
 extern const struct test_case outbox_response_tests[];
 extern const struct test_case bus_tests[];
 extern const struct test_case counters_tests[];
+extern const struct test_case bounded_tests[];
 #endif
