@@ -251,7 +251,7 @@ end
 -- {key} placeholders in texts: {client.name}, {conversation.id}, {text}, {group}, {rule}.
 local function fill(template, ctx, rule)
   if type(template) ~= "string" then return template end
-  local c = ctx.conv
+  local c = ctx.conv or {}
   local values = {
     ["client.name"] = (c.client or {}).name or "", ["client.email"] = (c.client or {}).email or "",
     ["conversation.id"] = c.id or "", channel = c.channel or "", group = c.group or "", agent = c.agent or "",
@@ -451,7 +451,7 @@ end
 function rules.live_context(ev, conv)
   local cached
   return {
-    event = ev, conv = conv,
+    event = ev, conv = conv or {},     -- agent.status_changed has no conversation
     now = now,
     messages = function()
       if not cached then cached = conv and conv:messages(50) or {} end
@@ -542,10 +542,10 @@ local function apply(conv, ev, fired)
       local done = {}
       for _, a in ipairs(f.actions) do
         local ok, err = true, nil
-        if conv then
+        if conv or a.name == "notify" then
           ok, err = pcall(LIVE[a.name], conv, a.arg, f.rule, a.text)
         else
-          ok, err = false, "no conversation"
+          ok, err = false, "no conversation"   -- an agent's status change: notify only
         end
         done[#done + 1] = { action = a.name, ok = ok, error = not ok and tostring(err) or nil }
         if not ok then
