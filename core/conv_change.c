@@ -252,6 +252,11 @@ const struct sb_msg *sb_conv_append(struct sb_txn *t, struct sb_conv *c, const s
     ev_str("name", m->author_name);
     ev_str("id", m->author_id);
     ev_close();
+    /* what the conversation was when the message came: a rule handled
+     * later ("the client wrote on a pending case") must not see what it
+     * became meanwhile */
+    ev_str("state", cv_state_names[c->state]);
+    ev_str("status", c->status);
     ev_journal(t, c, "message");
     return m;
 }

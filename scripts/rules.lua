@@ -125,12 +125,22 @@ local COND = {}
 local function field_cond(field)
   return function(ctx, wanted) return one_of(ctx.conv[field], wanted) end
 end
+-- state and status as they were when a message came (message.created
+-- carries them), else as they are now
+local function then_cond(field)
+  return function(ctx, wanted)
+    local d = ctx.event.data
+    local v = d and d[field]
+    if v == nil then v = ctx.conv[field] end
+    return one_of(v, wanted)
+  end
+end
 COND.channel = field_cond("channel")
 COND.desk = field_cond("desk")
 COND.group = field_cond("group")
 COND.agent = field_cond("agent")
-COND.state = field_cond("state")
-COND.status = field_cond("status")
+COND.state = then_cond("state")
+COND.status = then_cond("status")
 function COND.channel_type(ctx, wanted)
   local inst = channels.instance(ctx.conv.channel)
   return one_of(inst and inst.type, wanted)

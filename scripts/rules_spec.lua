@@ -92,7 +92,7 @@ local function harness(registry)
   -- message(conv, author_kind, text): the message is added to the view, then message.created
   function api.message(v, kind, text)
     v.messages[#v.messages + 1] = { author = { kind = kind }, text = text, created = env.clock }
-    return api.event("message.created", v, { author = { kind = kind }, text = text })
+    return api.event("message.created", v, { author = { kind = kind }, text = text, state = v.state, status = v.status })
   end
   -- tick(rule_name, { conv, ... }) -> what the scheduled rule did, per conversation that its scope selects
   function api.tick(name, views)
