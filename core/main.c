@@ -33,6 +33,7 @@
 #include "metrics.h"
 #include "outbox.h"
 #include "runtime.h"
+#include "schedule.h"
 #include "server.h"
 #include "sse.h"
 #include "store.h"
@@ -398,6 +399,7 @@ int main(int argc, char **argv)
         return 2;
     }
     sb_conn_route_libevent_logs();
+    sb_schedule_pin_tz();   /* before the store thread and curl's resolver threads exist */
     if (check)
         return run_check();
 
