@@ -30,7 +30,7 @@ CORE_SRCS = core/util.c core/log.c core/metrics.c core/handler_use.c core/config
             core/runtime.c core/job.c core/luajson.c core/bind_core.c core/bind_crypto.c core/bind_codec.c core/bind_http.c core/bind_conv.c \
             core/bind_read.c core/bind_outbox.c core/bind_timer.c core/bind_state.c core/bind_route.c \
             core/bind_events.c core/bind_metrics.c \
-            core/bindings.c core/loader.c core/server.c core/conn.c core/sse.c
+            core/bindings.c core/loader.c core/server.c core/conn.c core/sse.c core/offline.c
 MAIN_SRC  = core/main.c
 CORE_OBJS = $(CORE_SRCS:core/%.c=$(BUILD)/%.o)
 MAIN_OBJ  = $(BUILD)/main.o

@@ -1,5 +1,6 @@
 /* timer.after(delay, handler [, data]), timer.every(interval | calendar,
- * handler [, data]), timer.cancel(id), and the runner that starts timer
+ * handler [, data]), timer.cancel(id), timer.next(id),
+ * timer.local_time(t [, tz]), and the runner that starts timer
  * handlers as jobs (timer.c). */
 #include "bind_timer.h"
 
@@ -103,11 +104,41 @@ static int timer_next_binding(lua_State *L)
     return 1;
 }
 
+/* timer.local_time(t [, tz]) -> {year, month, day, hour, min, sec, wday}:
+ * the clock of zone tz (default: config.timezone) at epoch seconds t. */
+static int timer_local_time_binding(lua_State *L)
+{
+    struct sb_runtime *rt = sb_runtime_of(L);
+    double t = luaL_checknumber(L, 1);
+    const char *tz = luaL_optstring(L, 2, rt->cfg->timezone);
+    struct sb_local_time lt;
+    char err[300];
+    int bad = sb_schedule_local_time(t, tz, &lt, err, sizeof err);
+    if (bad)
+        return luaL_argerror(L, bad, err);
+    lua_createtable(L, 0, 7);
+    lua_pushinteger(L, lt.year);
+    lua_setfield(L, -2, "year");
+    lua_pushinteger(L, lt.month);
+    lua_setfield(L, -2, "month");
+    lua_pushinteger(L, lt.day);
+    lua_setfield(L, -2, "day");
+    lua_pushinteger(L, lt.hour);
+    lua_setfield(L, -2, "hour");
+    lua_pushinteger(L, lt.min);
+    lua_setfield(L, -2, "min");
+    lua_pushinteger(L, lt.sec);
+    lua_setfield(L, -2, "sec");
+    lua_pushinteger(L, lt.wday);
+    lua_setfield(L, -2, "wday");
+    return 1;
+}
+
 void sb_bind_timer_open(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         { "after", timer_after }, { "every", timer_every }, { "cancel", timer_cancel_binding },
-        { "next", timer_next_binding }, { NULL, NULL }
+        { "next", timer_next_binding }, { "local_time", timer_local_time_binding }, { NULL, NULL }
     };
     luaL_newlib(L, funcs);
     lua_setglobal(L, "timer");

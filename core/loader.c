@@ -23,6 +23,7 @@
 #include "lpattern.h"
 #include "runtime.h"
 #include "timer.h"
+#include "txn.h"
 
 #include "prelude_lua.h"  /* generated from core/prelude.lua: sb_prelude_lua[] */
 
@@ -35,9 +36,20 @@ static int name_cmp(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Lists "*.lua" regular files directly in dir, sorted. A missing folder is
- * an empty one. Returns count or -1 with err set. */
-static int list_scripts(const char *dir, char ***out, struct sb_error *err)
+/* Spec files of rules (`switchboard test`) may sit next to the rules they
+ * test; they are not rules. */
+#define SPEC_SUFFIX "_spec.lua"
+
+static int is_spec(const char *name, size_t len)
+{
+    size_t s = sizeof SPEC_SUFFIX - 1;
+    return len > s && strcmp(name + len - s, SPEC_SUFFIX) == 0;
+}
+
+/* Lists "*.lua" regular files directly in dir, sorted, without "*_spec.lua"
+ * ones when skip_specs is set. A missing folder is an empty one. Returns
+ * count or -1 with err set. */
+static int list_scripts(const char *dir, int skip_specs, char ***out, struct sb_error *err)
 {
     DIR *d = opendir(dir);
     struct dirent *e;
@@ -54,7 +66,8 @@ static int list_scripts(const char *dir, char ***out, struct sb_error *err)
         size_t len = strlen(e->d_name);
         char path[1024];
         struct stat st;
-        if (len < 5 || strcmp(e->d_name + len - 4, ".lua") != 0 || e->d_name[0] == '.')
+        if (len < 5 || strcmp(e->d_name + len - 4, ".lua") != 0 || e->d_name[0] == '.' ||
+            (skip_specs && is_spec(e->d_name, len)))
             continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
@@ -92,12 +105,13 @@ static int load_error(struct sb_runtime *rt, struct sb_error *err, const struct 
  * one already loaded by a require from an earlier file is not run again,
  * and a name another file took (rules/channels.lua next to the engine's
  * scripts/channels.lua) is a load error. */
-static int load_dir(struct sb_runtime *rt, const char *dir, struct sb_txn *txn, struct sb_error *err)
+static int load_dir(struct sb_runtime *rt, const char *dir, int skip_specs, struct sb_txn *txn,
+                    struct sb_error *err)
 {
     lua_State *L = rt->L;
     char **names = NULL;
     int i, n, rc = 0;
-    n = list_scripts(dir, &names, err);
+    n = list_scripts(dir, skip_specs, &names, err);
     if (n < 0)
         return -1;
     for (i = 0; i < n && rc == 0; i++) {
@@ -268,7 +282,7 @@ struct sb_runtime *sb_load_runtime(struct sb_config *cfg, unsigned generation, s
 
     rt->loading = 1;
     for (d = 0; d < SB_DIR_COUNT; d++) {
-        if (load_dir(rt, cfg->dirs[d], txn, err))
+        if (load_dir(rt, cfg->dirs[d], d == SB_DIR_RULES, txn, err))
             goto fail;
         if (d == SB_DIR_SCRIPTS && freeze_globals(rt, err))
             goto fail;
@@ -284,4 +298,25 @@ fail:
     sb_bus_discard_load(generation);
     sb_runtime_unref(rt);
     return NULL;
+}
+
+struct sb_runtime *sb_load_build(const char *config_path, const struct sb_overrides *ov, unsigned generation,
+                                 struct sb_txn **txn, struct sb_error *err, sb_error_report_fn report_all)
+{
+    struct sb_config *cfg = sb_config_load(config_path, ov, err);
+    struct sb_runtime *rt;
+    *txn = NULL;
+    if (!cfg) {
+        if (report_all)
+            report_all(err);
+        return NULL;
+    }
+    *txn = sb_txn_new();
+    rt = sb_load_runtime(cfg, generation, *txn, err, report_all);
+    sb_config_unref(cfg);  /* the runtime holds its own reference */
+    if (!rt) {
+        sb_txn_abort(*txn);
+        *txn = NULL;
+    }
+    return rt;
 }

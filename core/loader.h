@@ -15,4 +15,12 @@ struct sb_txn;
 struct sb_runtime *sb_load_runtime(struct sb_config *cfg, unsigned generation, struct sb_txn *txn,
                                    struct sb_error *err, sb_error_report_fn report_all);
 
+/* Reads the config file and builds a runtime of that generation on it,
+ * without touching the running ones; what the load wrote waits in a new
+ * *txn for the caller to end or abort. NULL on failure, with *txn NULL (a
+ * rejected load leaves nothing); report_all, when set, also gets a config
+ * error. */
+struct sb_runtime *sb_load_build(const char *config_path, const struct sb_overrides *ov, unsigned generation,
+                                 struct sb_txn **txn, struct sb_error *err, sb_error_report_fn report_all);
+
 #endif

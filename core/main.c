@@ -31,8 +31,10 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "offline.h"
 #include "outbox.h"
 #include "runtime.h"
+#include "schedule.h"
 #include "server.h"
 #include "sse.h"
 #include "store.h"
@@ -61,11 +63,14 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: switchboard [-c FILE] [--listen HOST:PORT] [--data-dir DIR]\n"
             "       switchboard --check [-c FILE]\n"
+            "       switchboard test [-c FILE] [PATH...]\n"
             "       switchboard --version\n"
             "  -c, --config FILE   Lua config file (default " DEFAULT_CONFIG ")\n"
             "  --listen HOST:PORT  override the listen address\n"
             "  --data-dir DIR      override the data folder\n"
             "  --check             load config and every script as a reload would, print ok or errors\n"
+            "  test [PATH...]      load as --check, then run the spec files at PATH (files, or folders\n"
+            "                      searched for *_spec.lua; default: the rules folder) through rules_spec.run\n"
             "  --version           print the version\n");
 }
 
@@ -106,29 +111,6 @@ static char *resolve_secret(const char *path)
     return rt ? sb_config_secret(rt->cfg, path) : NULL;
 }
 
-/* Builds config and runtime for the next generation without touching the
- * running ones; what the load wrote waits in *txn. */
-static struct sb_runtime *build(unsigned gen, struct sb_txn **txn, struct sb_error *err,
-                                sb_error_report_fn report_all)
-{
-    struct sb_config *cfg = sb_config_load(config_path, &overrides, err);
-    struct sb_runtime *rt;
-    if (!cfg) {
-        if (report_all)
-            report_all(err);
-        return NULL;
-    }
-    *txn = sb_txn_new();
-    rt = sb_load_runtime(cfg, gen, *txn, err, report_all);
-    sb_config_unref(cfg);  /* the runtime holds its own reference */
-    if (!rt) {
-        /* a rejected load leaves nothing: no state, no outbox call, no change */
-        sb_txn_abort(*txn);
-        *txn = NULL;
-    }
-    return rt;
-}
-
 static void log_load_failure(const char *what, const struct sb_error *err)
 {
     char line[16];
@@ -144,7 +126,7 @@ static unsigned reload(struct sb_error *err)
     struct sb_runtime *rt, *old = sb_runtime_current();
     struct sb_txn *txn = NULL;
     char gen_s[16];
-    rt = build(generation + 1, &txn, err, NULL);
+    rt = sb_load_build(config_path, &overrides, generation + 1, &txn, err, NULL);
     if (!rt) {
         reloads_failed++;
         log_load_failure("reload failed", err);
@@ -300,45 +282,6 @@ static int start_store(const struct sb_config *cfg, struct sb_error *err)
     return 0;
 }
 
-static void print_check_error(const struct sb_error *err)
-{
-    if (err->line > 0)
-        fprintf(stderr, "%s:%d: %s\n", err->file, err->line, err->message);
-    else
-        fprintf(stderr, "%s: %s\n", err->file[0] ? err->file : config_path, err->message);
-}
-
-static int run_check(void)
-{
-    struct sb_error err;
-    struct sb_runtime *rt;
-    struct sb_txn *txn = NULL;
-    sb_base = event_base_new();
-    sb_log_set_level(SB_LOG_WARN);
-    sb_jobs_init();
-    memset(&err, 0, sizeof err);
-    rt = build(1, &txn, &err, print_check_error);
-    if (!rt) {
-        sb_timers_free_all();
-        sb_counters_free_all();   /* counts are made at once, even by a load that failed */
-        sb_jobs_free();
-        sb_metrics_free();
-        event_base_free(sb_base);
-        return 1;
-    }
-    sb_txn_abort(txn);   /* a check changes nothing */
-    sb_bus_free_all();
-    sb_runtime_unref(rt);
-    sb_jobs_free();
-    sb_metrics_free();
-    sb_timers_free_all();
-    sb_kv_free_all();
-    sb_counters_free_all();
-    event_base_free(sb_base);
-    printf("ok\n");
-    return 0;
-}
-
 static void log_listening(void)
 {
     /* The port may have been 0 (ephemeral): report the one we got. */
@@ -375,7 +318,7 @@ int main(int argc, char **argv)
     struct sb_config *cfg;
     struct sb_runtime *rt;
     struct event *ev_hup = NULL, *ev_term = NULL, *ev_int = NULL;
-    int c, check = 0, rc = 1;
+    int c, check = 0, test = 0, rc = 1;
 
     opterr = 0;
     while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -392,14 +335,19 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind < argc) {
+    if (optind < argc && strcmp(argv[optind], "test") == 0 && !check)
+        test = 1;
+    else if (optind < argc) {
         fprintf(stderr, "switchboard: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
         return 2;
     }
     sb_conn_route_libevent_logs();
+    sb_schedule_pin_tz();   /* before the store thread and curl's resolver threads exist */
     if (check)
-        return run_check();
+        return sb_offline_check(config_path, &overrides);
+    if (test)
+        return sb_offline_test(config_path, &overrides, argv + optind + 1, argc - optind - 1);
 
     signal(SIGPIPE, SIG_IGN);
     sb_base = event_base_new();

@@ -415,6 +415,51 @@ double sb_schedule_next(const struct sb_schedule *s, double after)
     return next;
 }
 
+int sb_schedule_local_time(double t, const char *tz, struct sb_local_time *out, char *err, size_t err_size)
+{
+    struct saved_tz sv;
+    struct tm tm;
+    time_t tt;
+    int ok;
+    if (isnan(t) || t < AFTER_MIN || t > AFTER_MAX) {
+        fail(err, err_size, "time out of range (epoch seconds in the years 1900 to 9999)");
+        return 1;
+    }
+    if (!tz || !*tz)
+        tz = "UTC";
+    if (check_zone(tz, err, err_size) < 0)
+        return 2;
+    tt = (time_t)floor(t);
+    if (strcmp(tz, "UTC") == 0) {
+        ok = gmtime_r(&tt, &tm) != NULL;
+    } else {
+        if (zone_enter(&sv, tz) < 0) {
+            fail(err, err_size, "cannot switch to time zone \"%s\"", tz);
+            return 2;
+        }
+        ok = localtime_r(&tt, &tm) != NULL;
+        zone_leave(&sv);
+    }
+    if (!ok) {
+        fail(err, err_size, "time out of range (epoch seconds in the years 1900 to 9999)");
+        return 1;
+    }
+    out->year = tm.tm_year + 1900;
+    out->month = tm.tm_mon + 1;
+    out->day = tm.tm_mday;
+    out->hour = tm.tm_hour;
+    out->min = tm.tm_min;
+    out->sec = tm.tm_sec;
+    out->wday = tm.tm_wday == 0 ? 7 : tm.tm_wday;
+    return 0;
+}
+
+void sb_schedule_pin_tz(void)
+{
+    if (!getenv("TZ"))
+        setenv("TZ", ":/etc/localtime", 1);
+}
+
 /* --- canonical text --- */
 
 struct out {

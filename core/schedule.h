@@ -65,6 +65,28 @@ int sb_schedule_parse(const char *spec, const char *tz, struct sb_schedule *out,
  * glibc's zone state before it returns: not for use from several threads. */
 double sb_schedule_next(const struct sb_schedule *s, double after);
 
+/* A zone's clock reading. */
+struct sb_local_time {
+    int year, month, day;   /* month 1-12, day 1-31 */
+    int hour, min, sec;
+    int wday;               /* 1 = Monday ... 7 = Sunday */
+};
+
+/* The reading of zone tz's clock at t (seconds since the epoch; the
+ * fraction is dropped). tz as for sb_schedule_parse (NULL, "" and "UTC":
+ * UTC). Returns 0, or the argument that is wrong, 1 for a t that is not a
+ * number or lies outside the years 1900..9999, 2 for the zone, with a
+ * message naming it in err. Switches TZ as sb_schedule_next does. */
+int sb_schedule_local_time(double t, const char *tz, struct sb_local_time *out, char *err, size_t err_size);
+
+/* Call once at start, before any thread. The zone switches above set TZ
+ * and put it back; glibc's setenv and unsetenv of a variable the
+ * environment lacks move its array, which SQLite's store thread and
+ * libcurl's resolver threads may be reading with getenv. Setting TZ now
+ * (to ":/etc/localtime", what glibc reads when TZ is unset, if it is
+ * unset) makes every later switch a replacement of the value only. */
+void sb_schedule_pin_tz(void);
+
 /* Canonical text ("mon-fri 09:00 Europe/Berlin", "daily 00:00,12:00 UTC"),
  * equal for equal schedules: used as a key to keep a schedule's phase
  * across reloads and restarts. A set of days that is one run of three or

@@ -122,6 +122,129 @@ def test_check_does_not_listen(tmp_path):
     assert res.stdout.strip() == "ok"
 
 
+# ------------------------------------------------------------ switchboard test
+
+# A stand-in for the rules engine's spec runner: each spec file calls
+# test(name, fn) at its top level; a file whose label says "garbage" gets
+# a result that is not a list.
+RULES_SPEC = """
+local M = {}
+function M.run(label, source)
+  if label:find("garbage", 1, true) then return "not a list" end
+  local results = {}
+  local env = setmetatable({
+    test = function(name, fn)
+      local ok, err = pcall(fn)
+      results[#results + 1] = { name = name, ok = ok, message = (not ok) and tostring(err) or nil }
+    end,
+  }, { __index = _G })
+  assert(load(source, "@" .. label, "t", env))()
+  return results
+end
+return M
+"""
+
+
+def spec_tree(tmp_path, files=None):
+    """A config, the runner module, a real rule file and spec files."""
+    cfg = write_config(tmp_path)
+    write(tmp_path, "scripts/rules_spec.lua", dedent(RULES_SPEC))
+    # loaded as a rule: proves rules load while spec files next to them do not
+    write(tmp_path, "rules/greeting.lua", "GREETING = 'hello'\n")
+    for rel, text in (files or {}).items():
+        write(tmp_path, rel, dedent(text))
+    return cfg
+
+
+def test_test_runs_the_rules_folder_specs(tmp_path):
+    cfg = spec_tree(tmp_path, {
+        "rules/greeting_spec.lua": """
+            test("the rule loaded", function() assert(GREETING == "hello") end)
+            test("arithmetic fails", function() error("expected 3,\\ngot 4", 0) end)
+        """,
+        "rules/deep/more/runaway_spec.lua": """
+            test("a runaway under bounded comes back", function()
+              local ok, msg = bounded(10, function() while true do end end)
+              assert(ok == false and msg:find("^budget exceeded: 10 ms at "), msg)
+            end)
+        """,
+        "rules/deep/helper.lua": "error('never run')\n",
+    })
+    res = run_cli(["test", "-c", str(cfg)], cwd=tmp_path)
+    assert res.returncode == 1, res
+    assert res.stdout.splitlines() == [
+        "ok   rules/deep/more/runaway_spec.lua: a runaway under bounded comes back",
+        "ok   rules/greeting_spec.lua: the rule loaded",
+        "FAIL rules/greeting_spec.lua: arithmetic fails: expected 3,",
+        "    got 4",
+        "2 passed, 1 failed",
+    ], res.stdout
+    # no store: the data folder is not even created
+    assert not (tmp_path / "var").exists()
+
+
+def test_test_paths_and_exit_codes(tmp_path):
+    cfg = spec_tree(tmp_path, {
+        "specs/good_spec.lua": 'test("one", function() end)\ntest("two", function() end)\n',
+        "specs/bad_spec.lua": 'test("broken", function() assert(false, "nope") end)\n',
+    })
+    res = run_cli(["-c", str(cfg), "test", "specs/good_spec.lua"], cwd=tmp_path)
+    assert res.returncode == 0, res
+    assert res.stdout.splitlines() == ["ok   specs/good_spec.lua: one", "ok   specs/good_spec.lua: two",
+                                       "2 passed, 0 failed"]
+    # folders in the order given, files sorted inside
+    res = run_cli(["test", "-c", str(cfg), "specs/", "specs/good_spec.lua"], cwd=tmp_path)
+    assert res.returncode == 1, res
+    assert res.stdout.splitlines()[0] == "FAIL specs/bad_spec.lua: broken: specs/bad_spec.lua:1: nope"
+    assert res.stdout.splitlines()[-1] == "4 passed, 1 failed"
+    # no spec in the rules folder: nothing to fail
+    res = run_cli(["test", "-c", str(cfg)], cwd=tmp_path)
+    assert (res.returncode, res.stdout) == (0, "0 passed, 0 failed\n"), res
+    res = run_cli(["test", "-c", str(cfg), "specs/missing_spec.lua"], cwd=tmp_path)
+    assert res.returncode == 2 and "specs/missing_spec.lua" in res.stderr, res
+    res = run_cli(["--check", "-c", str(cfg), "test"], cwd=tmp_path)
+    assert res.returncode == 2 and "usage" in res.stderr, res
+
+
+def test_test_a_spec_that_raises_runs_away_or_returns_garbage_is_one_failure(tmp_path):
+    cfg = spec_tree(tmp_path, {
+        "specs/a_raises_spec.lua": 'test("before", function() end)\nerror("top level boom")\n',
+        "specs/b_garbage_spec.lua": 'test("ignored", function() end)\n',
+        "specs/c_runaway_spec.lua": "while true do end\n",
+        "specs/d_fine_spec.lua": 'test("still runs", function() end)\n',
+        "specs/e_writes_spec.lua": """
+            test("writes are dropped, waits refused", function()
+              state.set("written", true)
+              assert(not pcall(http.request, { url = "http://127.0.0.1:9/" }))
+            end)
+        """,
+    })
+    res = run_cli(["test", "-c", str(cfg), "specs"], cwd=tmp_path)
+    assert res.returncode == 1, res
+    lines = res.stdout.splitlines()
+    assert lines[0] == "FAIL specs/a_raises_spec.lua: specs/a_raises_spec.lua:2: top level boom", lines
+    assert lines[1] == "FAIL specs/b_garbage_spec.lua: rules_spec.run returned string, not a list of results"
+    assert lines[2].startswith("FAIL specs/c_runaway_spec.lua: specs/c_runaway_spec.lua:1: ") and \
+        "cpu budget exceeded" in lines[2], lines
+    assert lines[3:] == ["ok   specs/d_fine_spec.lua: still runs",
+                         "ok   specs/e_writes_spec.lua: writes are dropped, waits refused",
+                         "2 passed, 3 failed"]
+    assert not (tmp_path / "var").exists()
+
+
+def test_test_load_errors_and_a_missing_runner_exit_1(tmp_path):
+    cfg = spec_tree(tmp_path, {"rules/x_spec.lua": 'test("x", function() end)\n'})
+    write(tmp_path, "rules/broken.lua", "-- 1\nlocal = 2\n")
+    res = run_cli(["test", "-c", str(cfg)], cwd=tmp_path)
+    assert res.returncode == 1, res
+    assert "rules/broken.lua:2:" in res.stderr and "passed" not in res.stdout, res
+    (tmp_path / "rules/broken.lua").unlink()
+    (tmp_path / "scripts/rules_spec.lua").unlink()
+    res = run_cli(["test", "-c", str(cfg)], cwd=tmp_path)
+    assert res.returncode == 1, res
+    assert 'require("rules_spec")' in res.stderr and "passed" not in res.stdout, res
+
+
 # ------------------------------------------------------ listen / data dir
 
 

@@ -194,3 +194,34 @@ def test_a_rejected_timezone_fails_the_load(daemon):
     daemon.start(wait=False)
     assert daemon.wait_exit(timeout=10) == 1
     assert "timezone" in daemon.log_text()
+
+
+def test_local_time_in_a_zone_across_dst(daemon):
+    start_with(daemon, extra="""
+        function local_time(req)
+          local ok, t = pcall(timer.local_time, tonumber(req.query.t), req.query.tz)
+          if not ok then return 400, { error = tostring(t) } end
+          return 200, t
+        end
+        route("GET", "/t/local", "local_time")
+    """, timezone="Europe/Berlin")
+    spring = datetime.datetime(2026, 3, 29, 1, 0, tzinfo=datetime.timezone.utc).timestamp()
+
+    def local(t, tz=None):
+        resp = daemon.get(f"/t/local?t={t}" + (f"&tz={tz}" if tz else ""))
+        return resp.status, resp.json()
+
+    # the configured zone by default: one second before and at the spring-forward change
+    assert local(spring - 1) == (200, {"year": 2026, "month": 3, "day": 29, "hour": 1, "min": 59, "sec": 59,
+                                       "wday": 7})
+    assert local(spring) == (200, {"year": 2026, "month": 3, "day": 29, "hour": 3, "min": 0, "sec": 0, "wday": 7})
+    assert local(spring, "America/New_York")[1]["hour"] == 21
+    assert local(spring, "UTC")[1] == {"year": 2026, "month": 3, "day": 29, "hour": 1, "min": 0, "sec": 0,
+                                       "wday": 7}
+    # agrees with Python's zone data on an ordinary Monday
+    monday = datetime.datetime(2026, 6, 1, 7, 45, 30, tzinfo=ZoneInfo("Asia/Tokyo"))
+    status, got = local(int(monday.timestamp()), "Asia/Tokyo")
+    assert (got["year"], got["month"], got["day"], got["hour"], got["min"], got["sec"], got["wday"]) == \
+        (2026, 6, 1, 7, 45, 30, monday.isoweekday())
+    status, err = local(0, "Europe/Berlim")
+    assert status == 400 and 'unknown time zone "Europe/Berlim"' in err["error"], err

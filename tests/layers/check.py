@@ -15,7 +15,7 @@ import sys
 
 CORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "core")
 MODEL = {"store", "txn", "conv", "outbox", "bus", "timer", "kvstate", "counters", "schedule"}
-UPPER = re.compile(r"^(job|runtime|loader|bindings|bind_\w+|luajson|server|sse|prelude_lua)$")
+UPPER = re.compile(r"^(job|runtime|loader|bindings|bind_\w+|luajson|server|sse|offline|prelude_lua)$")
 LUA_HEADERS = {"lua.h", "lauxlib.h", "lualib.h", "lua-cjson.h"}
 INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
 

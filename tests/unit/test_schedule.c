@@ -634,6 +634,81 @@ static void test_tz_restored(void)
     free(saved);
 }
 
+#define EXPECT_LOCAL(t, tz, y, mo, d, h, mi, se, wd)                                                      \
+    do {                                                                                                 \
+        struct sb_local_time lt_;                                                                        \
+        char err_[200];                                                                                  \
+        int rc_ = sb_schedule_local_time((t), (tz), &lt_, err_, sizeof err_);                           \
+        CHECK(rc_ == 0);                                                                                 \
+        if (rc_ == 0 && (lt_.year != (y) || lt_.month != (mo) || lt_.day != (d) || lt_.hour != (h) ||    \
+                         lt_.min != (mi) || lt_.sec != (se) || lt_.wday != (wd))) {                      \
+            fprintf(stderr, "  %s:%d: got %04d-%02d-%02d %02d:%02d:%02d wday %d\n", __FILE__, __LINE__, \
+                    lt_.year, lt_.month, lt_.day, lt_.hour, lt_.min, lt_.sec, lt_.wday);                 \
+            harness_current_failed = 1;                                                                  \
+        }                                                                                                \
+    } while (0)
+
+static void test_local_time(void)
+{
+    const char *env = getenv("TZ");
+    char *saved = env ? strdup(env) : NULL;
+    struct sb_local_time lt;
+    char err[200];
+
+    /* Europe/Berlin, spring forward: 01:59:59 CET, then 03:00:00 CEST (a Sunday) */
+    EXPECT_LOCAL(utc("2026-03-29T00:59:59Z"), "Europe/Berlin", 2026, 3, 29, 1, 59, 59, 7);
+    EXPECT_LOCAL(utc("2026-03-29T01:00:00Z"), "Europe/Berlin", 2026, 3, 29, 3, 0, 0, 7);
+    /* fall back: 02:30 comes twice, CEST then CET */
+    EXPECT_LOCAL(utc("2026-10-25T00:30:00Z"), "Europe/Berlin", 2026, 10, 25, 2, 30, 0, 7);
+    EXPECT_LOCAL(utc("2026-10-25T01:30:00Z"), "Europe/Berlin", 2026, 10, 25, 2, 30, 0, 7);
+    /* across midnight and the week: Monday in Tokyo, still Sunday in UTC */
+    EXPECT_LOCAL(utc("2026-01-04T20:00:00Z"), "Asia/Tokyo", 2026, 1, 5, 5, 0, 0, 1);
+    EXPECT_LOCAL(utc("2026-01-04T20:00:00Z"), NULL, 2026, 1, 4, 20, 0, 0, 7);
+    EXPECT_LOCAL(utc("2026-01-04T20:00:00Z"), "UTC", 2026, 1, 4, 20, 0, 0, 7);
+    /* the fraction is dropped, also before 1970 */
+    EXPECT_LOCAL(utc("2026-01-05T00:00:00Z") + 0.999, "", 2026, 1, 5, 0, 0, 0, 1);
+    EXPECT_LOCAL(-0.5, NULL, 1969, 12, 31, 23, 59, 59, 3);
+
+    CHECK(sb_schedule_local_time(0, "Europe/Berlim", &lt, err, sizeof err) == 2);
+    CHECK(strstr(err, "unknown time zone \"Europe/Berlim\"") != NULL);
+    CHECK(sb_schedule_local_time(0, "../etc/passwd", &lt, err, sizeof err) == 2);
+    CHECK(strstr(err, "../etc/passwd") != NULL);
+    CHECK(sb_schedule_local_time(NAN, NULL, &lt, err, sizeof err) == 1);
+    CHECK(sb_schedule_local_time(1e15, "Europe/Berlin", &lt, err, sizeof err) == 1);
+    CHECK(strstr(err, "out of range") != NULL);
+
+    /* the process's own zone is the same afterwards */
+    setenv("TZ", "Asia/Tokyo", 1);
+    tzset();
+    EXPECT_LOCAL(utc("2026-03-29T01:00:00Z"), "Europe/Berlin", 2026, 3, 29, 3, 0, 0, 7);
+    CHECK_STR(getenv("TZ"), "Asia/Tokyo");
+    CHECK(local_hour_at_epoch() == 9);
+
+    /* pinned, TZ names the file glibc reads without it (the same local
+     * time), and a zone switch puts that value back */
+    unsetenv("TZ");
+    tzset();
+    {
+        int hour = local_hour_at_epoch();
+        sb_schedule_pin_tz();
+        CHECK_STR(getenv("TZ"), ":/etc/localtime");
+        tzset();
+        CHECK(local_hour_at_epoch() == hour);
+    }
+    EXPECT_LOCAL(utc("2026-03-29T01:00:00Z"), "Europe/Berlin", 2026, 3, 29, 3, 0, 0, 7);
+    CHECK_STR(getenv("TZ"), ":/etc/localtime");
+    setenv("TZ", "Asia/Tokyo", 1);
+    sb_schedule_pin_tz();   /* a TZ that is set stays as it is */
+    CHECK_STR(getenv("TZ"), "Asia/Tokyo");
+
+    if (saved)
+        setenv("TZ", saved, 1);
+    else
+        unsetenv("TZ");
+    tzset();
+    free(saved);
+}
+
 const struct test_case schedule_tests[] = {
     { "schedule: valid specs and canonical text", test_parse_valid },
     { "schedule: each invalid spec names what is wrong", test_parse_errors },
@@ -645,5 +720,6 @@ const struct test_case schedule_tests[] = {
     { "schedule: America/New_York across both 2026 DST changes", test_next_new_york_dst },
     { "schedule: next firing agrees with a minute-by-minute walk of the zone's clock", test_next_matches_clock_walk },
     { "schedule: the process's TZ is the same afterwards", test_tz_restored },
+    { "schedule: local time in a zone, across Europe/Berlin's DST changes; TZ pinned", test_local_time },
     { NULL, NULL },
 };
