@@ -450,7 +450,12 @@ function rules.schedule(r)
     if not seconds or seconds < 1 then error(r.where .. ": every is a duration like \"5m\" (at least 1 s)", 0) end
     timer.every(seconds, "rules.tick", { rule = r.name })
   else
-    timer.every(s.tz and { at = s.at, tz = s.tz } or s.at, "rules.tick", { rule = r.name })
+    -- a bad calendar or zone is the rule's mistake: said at its line
+    local ok, err = pcall(timer.every, s.tz and { at = s.at, tz = s.tz } or s.at, "rules.tick", { rule = r.name })
+    if not ok then
+      err = tostring(err)
+      error(r.where .. ": at: " .. (err:match("%((.*)%)%s*$") or err), 0)
+    end
   end
 end
 

@@ -387,3 +387,110 @@ def test_switchboard_test_runs_the_example_specs(tmp_path):
     assert res.returncode == 1, res
     assert res.stdout.strip().splitlines()[-1] == "6 passed, 1 failed", res.stdout
     assert "FAIL examples/rules/spec/wrong_spec.lua: expects another rule" in res.stdout, res.stdout
+
+
+# --------------------------------------------------------------------------
+# every condition and action
+# --------------------------------------------------------------------------
+
+
+CONDITION_RULES = r"""
+rule "text-contains" { on = "message.created", when = { text = "refund" }, actions = { { add_tag = "t1" } } }
+rule "text-pattern" { on = "message.created", when = { text = { matches = "^order %d+$", case_insensitive = true } },
+                      actions = { { add_tag = "t2" } } }
+rule "page" { on = "case.new", when = { page_url = "/pricing" }, actions = { { add_tag = "t3" } } }
+rule "client-and-custom" { on = "case.new", when = { client = { email = "@vip%.com$" }, custom = { plan = "gold" } },
+                           actions = { { add_tag = "t4" } } }
+rule "nobody-online" { on = "case.new", when = { agents_online = false }, actions = { { add_tag = "t5" } } }
+rule "either" { on = "case.new", when = { any = { { channel = "nope" }, { channel_type = "webhook" } },
+                                          ["not"] = { tags = { "x" } } }, actions = { { add_tag = "t6" } } }
+rule "quiet-agent" { on = "message.created", when = { author = "client", since_agent = 60 }, actions = { { add_tag = "t7" } } }
+rule "hours" { on = "case.new", when = { working_hours = "mon-fri 09:00-18:00" }, actions = { { add_tag = "t8" } } }
+rule "at-nine" { at = "mon-fri 09:00", scope = { state = "queued" }, when = { no_tag = "x" }, actions = { { note = "9 o'clock" } } }
+rule "by-function" { on = "tag.added", when = function(ev, conv) return ev.data.tag == "t1" end,
+                     actions = function(ev, conv) return { { set_status = "pending" } } end }
+"""
+
+CONDITION_SPEC = r"""
+-- a chat an agent answered just now, unless said otherwise
+local function chat(t)
+  t = t or {}
+  t.channel, t.desk, t.group, t.state = "site", "helpdesk", "support", t.state or "queued"
+  t.messages = t.messages or { { "agent", "hello", created = now() } }
+  return conversation(t)
+end
+local function tags(result) local out = {} for _, a in ipairs(actions(result)) do out[#out + 1] = a.add_tag end return out end
+
+spec("text: contains, case-insensitive by default; a Lua pattern", function()
+  eq(tags(message(chat(), "client", "I want a REFUND")), { "t1" })
+  eq(tags(message(chat(), "client", "Order 42")), { "t2" })
+  eq(tags(message(chat(), "client", "order 42 please")), {})
+end)
+
+spec("page, client and custom fields, agents online, any and not", function()
+  agents_online("helpdesk", "support", true)
+  eq(tags(event("case.new", chat{ client = { page_url = "https://x.com/pricing" } })), { "t3", "t6", "t8" })
+  eq(tags(event("case.new", chat{ client = { email = "a@vip.com", custom = { plan = { value = "gold" } } } })),
+     { "t4", "t6", "t8" })
+  agents_online("helpdesk", "support", false)
+  eq(tags(event("case.new", chat{ tags = { "x" } })), { "t5", "t8" })
+end)
+
+spec("time since the agent's last message, working hours", function()
+  local c = chat{ messages = { { "agent", "hello", created = now() } } }
+  eq(tags(message(c, "client", "hi")), {})
+  advance(61)
+  eq(tags(message(c, "client", "still there?")), { "t7" })
+  clock(now() + 8 * 3600)                -- Monday 18:01
+  agents_online("helpdesk", "support", true)
+  eq(tags(event("case.new", chat())), { "t6" })
+end)
+
+spec("a calendar rule over its scope, and functions", function()
+  local done = tick("at-nine", { chat(), chat{ state = "agent" }, chat{ tags = { "x" } } })
+  eq(#done, 1)
+  eq(actions(done), { { note = "9 o'clock" } })
+  eq(actions(event("tag.added", chat(), { tag = "t1" }), "by-function"), { { set_status = "pending" } })
+end)
+"""
+
+ACTION_RULES = """
+rule "all-the-actions" {
+  on = "case.new",
+  actions = {
+    { set_status = "pending" }, { assign_agent = "ann" }, { add_tag = "a" }, { add_tag = "b" }, { remove_tag = "a" },
+    { set_field = { key = "plan", value = "gold", label = "Plan" } }, { hand_to_bot = true },
+  },
+}
+"""
+
+
+def test_every_condition_by_spec(tmp_path):
+    for folder in ("scripts", "providers", "examples"):
+        shutil.copytree(REPO_ROOT / folder, tmp_path / folder)
+    rules = tmp_path / "cond_rules"
+    rules.mkdir()
+    (rules / "conditions.lua").write_text(CONDITION_RULES)
+    (rules / "conditions_spec.lua").write_text(CONDITION_SPEC)
+    cfg = (tmp_path / "examples/rules.conf.lua").read_text().replace('base .. "/examples/rules"', 'base .. "/cond_rules"')
+    cfg = cfg.replace('type = "chatra", desk = "helpdesk",', 'type = "webhook", kind = "live_chat", desk = "helpdesk",'
+                                                             ' secret = "s", callback_url = "http://127.0.0.1:9/cb",')
+    (tmp_path / "cond.conf.lua").write_text(cfg)
+    res = run_cli(["test", "-c", "cond.conf.lua"], cwd=tmp_path)
+    assert res.returncode == 0, res
+    assert res.stdout.strip().splitlines()[-1] == "4 passed, 0 failed", res.stdout
+    res = run_cli(["--check", "-c", "cond.conf.lua"], cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res
+    (rules / "bad.lua").write_text('rule "bad-time" { at = "25:00", actions = { { add_tag = "x" } } }\n')
+    res = run_cli(["--check", "-c", "cond.conf.lua"], cwd=tmp_path)
+    assert res.returncode == 1 and "cond_rules/bad.lua:1" in res.stderr, res
+
+
+def test_every_action_on_a_live_conversation(rules_env):
+    env = rules_env(examples=False, rules={"actions.lua": ACTION_RULES})
+    conv = env.client("a-1", "hello")
+    fired = env.wait_journal(conv, lambda d: d["rule"] == "all-the-actions")
+    assert all(a["ok"] for a in fired[0]["actions"]), fired
+    c = env.api.conversation(conv)
+    assert (c["status"], c["agent"], c["tags"], c["state"]) == ("pending", "ann", ["b"], "bot"), c
+    assert c["client"]["custom"]["plan"] == {"value": "gold", "label": "Plan"}, c
