@@ -351,6 +351,13 @@ def test_dry_run_reports_what_would_fire_and_changes_nothing(rules_env):
     assert r.status == 200, r
     assert [f["rule"] for e in r.json()["fired"] for f in e["fired"]] == ["would-tag"], r.json()
     assert r.json()["fired"][0]["fired"][0]["actions"] == [{"action": "add_tag", "arg": "x"}]
+    recorded = {"channel": "site", "desk": "helpdesk", "group": "support", "state": "queued", "status": "pending",
+                "client": {"name": "Cy"}, "messages": [["client", "again?"]],
+                "events": [{"name": "message.created", "data": {"author": {"kind": "client"}, "text": "again?",
+                                                                 "status": "pending"}}]}
+    r = env.d.post("/admin/rules/dry-run", json.dumps({"conversation": recorded}), headers=h)
+    assert r.status == 200, r
+    assert [f["rule"] for e in r.json()["fired"] for f in e["fired"]] == ["client-resumed-pending-case"], r.json()
     r = env.d.post("/admin/rules/dry-run", json.dumps({"conversation_id": conv, "source": "rule 'x' { on = 'nope' }"}),
                    headers=h)
     assert r.status == 422 and "unknown event" in r.text, r
