@@ -80,11 +80,15 @@ static const char *const schema_v3 =
     "  WITHOUT ROWID;";
 
 /* v4: a desk's lists and counts of conversations (its queue by group, each
- * agent's chats, its cases by status) read an index, not the table. */
+ * agent's chats, its cases by status) read an index, not the table. The
+ * indexes hold only conversations with a desk: every message rewrites its
+ * conversation's row, and a bot's conversation should not pay for three
+ * more index entries it never needs (desk = ? implies desk IS NOT NULL,
+ * so the desk's queries still use them). */
 static const char *const schema_v4 =
-    "CREATE INDEX conversations_desk_queue ON conversations(desk, state, grp, rowid);"
-    "CREATE INDEX conversations_desk_agent ON conversations(desk, agent, state);"
-    "CREATE INDEX conversations_desk_status ON conversations(desk, status, rowid);";
+    "CREATE INDEX conversations_desk_queue ON conversations(desk, state, grp, rowid) WHERE desk IS NOT NULL;"
+    "CREATE INDEX conversations_desk_agent ON conversations(desk, agent, state) WHERE desk IS NOT NULL;"
+    "CREATE INDEX conversations_desk_status ON conversations(desk, status, rowid) WHERE desk IS NOT NULL;";
 
 static const char *const schemas[SCHEMA_VERSION + 1] = { NULL, schema_v1, schema_v2, schema_v3, schema_v4 };
 

@@ -497,7 +497,15 @@ function chaport.on_agent_status(ev)
   end
 end
 
-events.on("agent.status_changed", "chaport.on_agent_status", { id = "chaport:agent.status_changed" })
+-- Only a load with a Chaport channel that syncs statuses subscribes: a
+-- subscriber makes the bus read the whole journal as it grows (every
+-- message's event), which a deployment without Chaport should not pay for.
+for _, inst in pairs(config.channels or {}) do
+  if type(inst) == "table" and inst.type == "chaport" and inst.status_sync ~= false then
+    events.on("agent.status_changed", "chaport.on_agent_status", { id = "chaport:agent.status_changed" })
+    break
+  end
+end
 
 -- ---------------------------------------------------------------- the config, checked at every load
 
