@@ -123,7 +123,8 @@ local function lower_codepoint(c)
 end
 
 local function fold(s)
-  if not utf8.len(s) then return s:lower() end
+  -- ASCII (most texts of most scripts) needs no walk through the characters
+  if not s:find("[\128-\255]") or not utf8.len(s) then return s:lower() end
   local out = {}
   for _, c in utf8.codes(s) do out[#out + 1] = utf8.char(lower_codepoint(c)) end
   return table.concat(out)
