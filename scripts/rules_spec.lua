@@ -180,14 +180,21 @@ local function admin(req)
 end
 
 -- Candidate rules: the source declares rules into a registry of its own
--- (no schedules, no subscription), in a sandbox that sees the engine.
+-- (no schedules, no subscription), in a sandbox with the pure libraries
+-- and the config only: a candidate's functions cannot write, send or call
+-- out, so a dry run of them changes nothing.
+local PURE = { "assert", "error", "ipairs", "next", "pairs", "pcall", "select", "tonumber", "tostring", "type",
+               "string", "table", "math", "utf8" }
 local function candidate(source)
   local registry = { list = {}, by_name = {} }
-  local sandbox = setmetatable({
+  local sandbox = {
     rule = function(name)
       return function(spec) return rules.declare(name, spec, "candidate", registry) end
     end,
-  }, { __index = _G })
+    config = config, now = now, os = { time = os.time, date = os.date },
+    json = { encode = json.encode, decode = json.decode, null = json.null },
+  }
+  for _, k in ipairs(PURE) do sandbox[k] = _G[k] end
   local chunk, err = load(source, "=candidate", "t", sandbox)
   if not chunk then http_error(422, "invalid_field", "source: " .. tostring(err)) end
   local ok, why = pcall(chunk)

@@ -501,3 +501,18 @@ def test_every_action_on_a_live_conversation(rules_env):
     c = env.api.conversation(conv)
     assert (c["status"], c["agent"], c["tags"], c["state"]) == ("pending", "ann", ["b"], "bot"), c
     assert c["client"]["custom"]["plan"] == {"value": "gold", "label": "Plan"}, c
+
+
+def test_candidate_source_in_a_dry_run_cannot_write(rules_env):
+    env = rules_env(examples=False)
+    conv = env.client("s-1", "hello")
+    time.sleep(0.3)
+    before = env.written(conv)
+    h = {"Authorization": f"Bearer {env.d.admin_token}", "Content-Type": "application/json"}
+    source = ('rule "sneaky" { on = "message.created", when = function(ev, conv) '
+              'state.set("x", 1) return true end, actions = { { add_tag = "x" } } }')
+    r = env.d.post("/admin/rules/dry-run", json.dumps({"conversation_id": conv, "source": source}), headers=h)
+    assert r.status == 200, r
+    fired = r.json()["fired"][0]["fired"][0]
+    assert fired["rule"] == "sneaky" and "state" in fired["error"], fired   # state is not there
+    assert env.written(conv) == before
