@@ -409,6 +409,12 @@ function rules.declare(name, spec, where, registry)
     if spec.on then error(where .. ": a rule has on (events) or every/at (a schedule), not both", 0) end
     r.schedule = { every = spec.every, at = spec.at, tz = spec.tz }
     r.scope = spec.scope or {}
+    if type(r.scope) ~= "table" then error(where .. ": scope must be a table of store filters", 0) end
+    for k in pairs(r.scope) do
+      if not ({ desk = true, group = true, agent = true, state = true, status = true, channel = true })[k] then
+        error(where .. ": scope: unknown filter '" .. tostring(k) .. "' (desk, group, agent, state, status, channel)", 0)
+      end
+    end
     r.on = { schedule = true }
   else
     r.on = check_on(spec.on, where)
@@ -421,13 +427,13 @@ function rules.declare(name, spec, where, registry)
 end
 
 -- rule "name" { ... } in rules/*.lua. The bus subscription comes with the
--- first rule: a load without rules costs no job per event.
+-- first rule on events: a load without such rules costs no job per event.
 function rule(name)
   local where = caller_position()
   return function(spec)
     local r = rules.declare(name, spec, where)
     if r.schedule then rules.schedule(r) end
-    if not rules.subscribed then
+    if not r.schedule and not rules.subscribed then
       events.on("*", "rules.on_event", { id = "rules" })
       rules.subscribed = true
     end
