@@ -83,7 +83,7 @@ local ADVICE = {
 }
 
 local function count_error(name, kind)
-  if metrics and metrics.count then metrics.count("chat2desk_api_errors_total", { desk = name, error = kind }) end
+  metrics.count("chat2desk_api_errors_total", { desk = name, error = kind })
 end
 
 -- One call. Returns data, meta; or nil and { kind, status, text }.

@@ -123,6 +123,8 @@ local function param_cursor(q)
   end
   return q.cursor
 end
+-- the desk's lists (helpdesk.lua) page the same way
+api.param_limit, api.param_cursor = param_limit, param_cursor
 
 local function read(kind, params)
   local text, err = conversations.read(kind, params)

@@ -533,14 +533,9 @@ function helpdesk.cases(req, api_caller)
       if #chans == 0 then return 200, { conversations = json.array() } end
     end
   end
-  local limit = q.limit and math.tointeger(tonumber(q.limit))
-  if q.limit and (not limit or limit < 1 or limit > 200) then
-    http_error(400, "invalid_parameter", "limit must be an integer from 1 to 200")
-  end
-  if q.cursor ~= nil and not q.cursor:match("^%d+$") then http_error(400, "invalid_parameter", "cursor is not valid") end
   local text, err = conversations.read("conversations", {
     desk = desk, status = statuses, group = q.group, agent = q.agent, channel = q.channel or chans,
-    state = { "closed", "bot" }, order = "desc", limit = limit, cursor = q.cursor,
+    state = { "closed", "bot" }, order = "desc", limit = api.param_limit(q), cursor = api.param_cursor(q),
   })
   if not text then http_error(503, "store_unavailable", tostring(err)) end
   return 200, text, { ["Content-Type"] = "application/json" }

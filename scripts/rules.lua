@@ -478,11 +478,7 @@ function rules.live_context(ev, conv)
       if not cached then cached = conv and conv:messages(50) or {} end
       return cached
     end,
-    local_time = function()
-      if timer.local_time then return timer.local_time(now()) end
-      local t = os.date("!*t", math.floor(now()))
-      return { wday = (t.wday + 5) % 7 + 1, hour = t.hour, min = t.min }
-    end,
+    local_time = function() return timer.local_time(now()) end,
     working_hours = function(desk, group) return rules.working_hours(desk, group) end,
     agents_online = function(desk, group) return desk and group and desks.has_online(desk, group) or false end,
   }
@@ -495,9 +491,7 @@ function rules.working_hours(desk, group)
 end
 
 local function run_bounded(fn, ...)
-  local ms = tonumber(settings().budget_ms) or DEFAULT_BUDGET_MS
-  if bounded then return bounded(ms, fn, ...) end
-  return pcall(fn, ...)
+  return bounded(tonumber(settings().budget_ms) or DEFAULT_BUDGET_MS, fn, ...)
 end
 
 -- What the rules of `registry` do on one event: a list of
@@ -557,7 +551,7 @@ local function apply(conv, ev, fired)
                                                  event = ev.name, conversation = conv and conv.id })
       if conv then
         conv:journal("rule_failed", { rule = f.rule.name, where = f.rule.where, error = f.error,
-                                      event = ev.name, event_id = ev.id, generation = generation and generation() })
+                                      event = ev.name, event_id = ev.id, generation = generation() })
       end
     else
       local done = {}
@@ -576,7 +570,7 @@ local function apply(conv, ev, fired)
       end
       if conv then
         conv:journal("rule", { rule = f.rule.name, event = ev.name, event_id = ev.id,
-                               generation = generation and generation() or nil, actions = done })
+                               generation = generation(), actions = done })
       end
     end
   end
@@ -605,6 +599,9 @@ function rules.on_event(ev)
   state.set(seen_key(ev.id), true, (config.conversations and config.conversations.dedupe_window) or 86400)
 end
 
+-- A registry of one rule: a schedule runs only its own rule.
+function rules.only(r) return { list = { r }, by_name = { [r.name] = r } } end
+
 -- A scheduled rule: its `when` over the conversations its scope selects
 -- (store filters: desk, group, agent, state, status, channel).
 function rules.tick(data)
@@ -619,7 +616,7 @@ function rules.tick(data)
     local conv = conversations.get(c.id)
     if conv then
       local ev = { name = "schedule", at = now(), data = { rule = r.name } }
-      local fired = rules.evaluate({ list = { r }, by_name = { [r.name] = r } }, { "schedule" },
+      local fired = rules.evaluate(rules.only(r), { "schedule" },
                                    rules.live_context(ev, conv))
       apply(conv, ev, fired)
     end

@@ -3,6 +3,7 @@
 -- events to the rules against plain views of conversations, with a clock
 -- of their own, and report what the rules would do: nothing is written,
 -- sent or stored.
+local channels = require("channels")
 local rules = require("rules")
 local rules_spec = {}
 
@@ -28,11 +29,7 @@ local function context(env, ev, v)
     event = ev, conv = v,
     now = function() return env.clock end,
     messages = function() return v.messages end,
-    local_time = function()
-      if timer.local_time then return timer.local_time(env.clock) end
-      local t = os.date("!*t", math.floor(env.clock))
-      return { wday = (t.wday + 5) % 7 + 1, hour = t.hour, min = t.min }
-    end,
+    local_time = function() return timer.local_time(env.clock) end,
     working_hours = rules.working_hours,
     agents_online = function(desk, group)
       local o = env.online[(desk or "") .. "/" .. (group or "")]
@@ -114,7 +111,7 @@ local function harness(registry)
       end
       if inside then
         local ev = { name = "schedule", at = env.clock, data = { rule = name } }
-        for _, f in ipairs(report(rules.evaluate({ list = { r }, by_name = { [name] = r } }, { "schedule" },
+        for _, f in ipairs(report(rules.evaluate(rules.only(r), { "schedule" },
                                                  context(env, ev, v)))) do
           f.conversation = v.id
           out[#out + 1] = f
@@ -172,11 +169,8 @@ end
 -- ---------------------------------------------------------------- dry run
 
 local function admin(req)
-  local token = (req.headers.authorization or ""):match("^[Bb]earer%s+(.+)$")
-  if type(config.admin_token) ~= "string" or config.admin_token == "" then
-    http_error(403, "forbidden", "no admin token is configured")
-  end
-  if not secure_equal(token or "", config.admin_token) then http_error(401, "unauthorized", "missing or wrong admin token") end
+  local token = config.admin_token
+  channels.require_bearer(req, type(token) == "string" and token ~= "" and token or nil, "admin token")
 end
 
 -- Candidate rules: the source declares rules into a registry of its own
