@@ -74,15 +74,15 @@ const char *sb_counter_label_problem(const struct sb_counter_label *label)
     return NULL;
 }
 
-/* Index of the first element not below the one sought; *found tells
- * whether it is equal. */
-static size_t family_slot(const char *name, int *found)
+/* Index of the first of n sorted elements not below the one sought
+ * (cmp(ctx, i) compares element i with it); *found tells whether it is equal. */
+static size_t lower_bound(size_t n, int (*cmp)(const void *ctx, size_t i), const void *ctx, int *found)
 {
-    size_t lo = 0, hi = nfamilies;
+    size_t lo = 0, hi = n;
     *found = 0;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(families[mid].name, name);
+        int c = cmp(ctx, mid);
         if (c == 0) {
             *found = 1;
             return mid;
@@ -95,31 +95,34 @@ static size_t family_slot(const char *name, int *found)
     return lo;
 }
 
-static int key_compare(const char *a, size_t alen, const char *b, size_t blen)
+static int family_cmp(const void *name, size_t i) { return strcmp(families[i].name, name); }
+
+static size_t family_slot(const char *name, int *found)
 {
-    int c = memcmp(a, b, alen < blen ? alen : blen);
+    return lower_bound(nfamilies, family_cmp, name, found);
+}
+
+struct series_sought {
+    const struct family *f;
+    const char *key;
+    size_t key_len;
+};
+
+static int series_cmp(const void *ctx, size_t i)
+{
+    const struct series_sought *s = ctx;
+    const char *a = s->f->series[i].key;
+    size_t alen = s->f->series[i].key_len;
+    int c = memcmp(a, s->key, alen < s->key_len ? alen : s->key_len);
     if (c)
         return c;
-    return alen < blen ? -1 : alen > blen;
+    return alen < s->key_len ? -1 : alen > s->key_len;
 }
 
 static size_t series_slot(const struct family *f, const char *key, size_t key_len, int *found)
 {
-    size_t lo = 0, hi = f->nseries;
-    *found = 0;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = key_compare(f->series[mid].key, f->series[mid].key_len, key, key_len);
-        if (c == 0) {
-            *found = 1;
-            return mid;
-        }
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
+    struct series_sought s = { f, key, key_len };
+    return lower_bound(f->nseries, series_cmp, &s, found);
 }
 
 /* Writes the key of labels into key (KEY_MAX bytes); returns its length,
