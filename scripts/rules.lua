@@ -422,6 +422,8 @@ function rules.declare(name, spec, where, registry)
   if type(r.when) ~= "function" and r.when ~= nil then check_conditions(r.when, where) end
   if type(r.actions) ~= "function" then check_actions(r.actions, where) end
   registry.list[#registry.list + 1] = r
+  registry.listens = registry.listens or {}
+  for n in pairs(r.on) do registry.listens[n] = true end
   registry.by_name[name] = r
   return r
 end
@@ -580,7 +582,10 @@ local function seen_key(id) return "rules:seen:" .. tostring(id) end
 
 -- The bus's handler: every event, each rule once per event.
 function rules.on_event(ev)
-  if #rules.list == 0 then return end
+  -- an event no rule names (nor a case event it may stand for) costs no
+  -- look-up of its conversation
+  local listens = rules.listens or {}
+  if not (listens[ev.name] or listens["case.new"] or listens["case.updated"]) then return end
   local max_depth = tonumber(settings().max_depth) or DEFAULT_MAX_DEPTH
   if (ev.depth or 0) > max_depth then
     log.warn("rules skipped an event caused by rules too many times over (loop guard)",
